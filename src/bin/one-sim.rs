@@ -1,0 +1,270 @@
+//! `one-sim`: an OpenNebula front end that speaks oned's XML-RPC protocol, whose VMs are
+//! either nothing (`dummy`) or Linux namespaces running real software (`ns`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use slurm_one::sim::config::{self, HostSpec, Ipv4Net};
+use slurm_one::sim::driver::{DummyDriver, NamespaceDriver};
+use slurm_one::sim::engine::{self, Sim};
+use slurm_one::sim::model::{Cloud, Network, Timing};
+use slurm_one::sim::ns::{self, NsDriver};
+use slurm_one::sim::server::Server;
+
+/// OpenNebula front-end simulator: oned's XML-RPC API on POST /RPC2.
+///
+/// Any OpenNebula client works against it: ONE_XMLRPC=http://127.0.0.1:2633/RPC2 and the
+/// session `user:password` from the auth file. Once listening it prints one line,
+/// `one-sim listening on http://ADDR/RPC2`, on stdout. SIGTERM or SIGINT stop it: with a
+/// state dir its VMs keep running and are adopted on the next start (as with oned's DB);
+/// without one every VM it made is removed.
+///
+/// Fault injection (same endpoint and session, outside OpenNebula's namespace):
+/// sim.fault.add(method, nth, code, message) fails the nth next call of a method (0: every
+/// call) with that OpenNebula error code; sim.fault.delay(method, millis); sim.fault.drop(method,
+/// nth) closes the connection unanswered; sim.fault.hosts_full(bool) leaves VMs PENDING;
+/// sim.vm.fail(vm_id, "BOOT_FAILURE"); sim.fault.clear(). Method "*" matches every method.
+#[derive(Parser, Debug)]
+#[command(name = "one-sim", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Address to serve XML-RPC on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:2633")]
+    listen: std::net::SocketAddr,
+
+    /// File of `user:password` lines; each line is a valid session string.
+    #[arg(long, value_name = "FILE")]
+    auth_file: Option<PathBuf>,
+
+    /// What backs a VM: `dummy` (nothing, like oned's dummy drivers) or `ns` (a network,
+    /// UTS, mount and time namespace per VM running its CONTEXT start script; needs root).
+    #[arg(long, value_enum, default_value_t = DriverKind::Dummy)]
+    driver: DriverKind,
+
+    /// Keep VMs, hosts, templates and ids here across restarts (oned's DB).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Time a VM spends in BOOT before RUNNING (e.g. 2s, 500ms, 0).
+    #[arg(long, default_value = "2s", value_parser = config::parse_duration_ms)]
+    boot_delay: u64,
+
+    /// Time of every other transitional state (PROLOG, SHUTDOWN, EPILOG, SAVE_*...).
+    #[arg(long, default_value = "50ms", value_parser = config::parse_duration_ms)]
+    step_delay: u64,
+
+    /// Bridge the `ns` driver plugs VMs into (created if missing).
+    #[arg(long, default_value = "onebr0")]
+    bridge: String,
+
+    /// The virtual network (NETWORK_ID 0, named after the bridge): the bridge takes the
+    /// first address, VMs lease the next ones.
+    #[arg(long, default_value = "10.77.0.0/24", value_parser = config::parse_ipv4_net)]
+    network: Ipv4Net,
+
+    /// Hosts to create on a fresh start: COUNTxCORESc[pu]:MEMORY[G|M], e.g. 4x8cpu:32G.
+    #[arg(long, default_value = "1x8cpu:16G", value_parser = config::parse_hosts)]
+    hosts: HostSpec,
+
+    /// Log more (to stderr).
+    #[arg(long)]
+    debug: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Remove every VM a one-sim with this state dir made (namespaces, processes, veths),
+    /// mark them DONE, and remove the bridge if one-sim created it.
+    Cleanup {
+        /// The state dir the simulator ran with.
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+    },
+    /// Internal: the init process of an `ns` VM.
+    #[command(name = "__vm-init", hide = true)]
+    VmInit {
+        /// The VM's directory.
+        vm_dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DriverKind {
+    Dummy,
+    Ns,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    let handler: extern "C" fn(libc::c_int) = on_signal;
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(sig, handler as libc::sighandler_t);
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::VmInit { vm_dir }) = &cli.command {
+        return ExitCode::from(u8::try_from(ns::vm_init_main(vm_dir)).unwrap_or(1));
+    }
+    config::init_stderr_logger(if cli.debug {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Info
+    });
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("one-sim: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), config::SimError> {
+    use config::SimError;
+    let (state_dir, cleanup_only) = match &cli.command {
+        Some(Command::Cleanup { state_dir }) => (Some(state_dir.clone()), true),
+        _ => (cli.state_dir.clone(), false),
+    };
+    let state_file = match &state_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| SimError::StateDir(dir.clone(), e))?;
+            Some(dir.join("one-sim.json"))
+        }
+        None => None,
+    };
+    let saved = match &state_file {
+        Some(f) => engine::load_state(f).map_err(|e| SimError::StateFile(f.clone(), e))?,
+        None => None,
+    };
+    let sessions = if cleanup_only {
+        Vec::new()
+    } else {
+        let path = cli.auth_file.clone().ok_or(SimError::NoAuthFile)?;
+        config::read_auth_file(&path)?
+    };
+
+    // A saved state decides the driver and network, so that cleanup and restarts manage
+    // the same VMs.
+    let (driver_kind, bridge, net) = match &saved {
+        Some(c) if c.vm_mad == "ns" => (DriverKind::Ns, c.network.name.clone(), c.network.net()),
+        Some(_) => (DriverKind::Dummy, cli.bridge.clone(), cli.network),
+        None => (cli.driver, cli.bridge.clone(), cli.network),
+    };
+    if cleanup_only && saved.is_none() {
+        return Err(SimError::NothingToClean(state_dir.unwrap_or_default()));
+    }
+
+    let mut cloud = match saved {
+        Some(c) => c,
+        None => Cloud::new(
+            match driver_kind {
+                DriverKind::Dummy => "dummy",
+                DriverKind::Ns => "ns",
+            },
+            cli.hosts.count,
+            cli.hosts.cores,
+            cli.hosts.mem_mb,
+            Network {
+                name: bridge.clone(),
+                gateway: net.first_host(),
+                prefix_len: net.prefix_len,
+                leases: Default::default(),
+            },
+        ),
+    };
+    cloud.timing = Timing {
+        boot_ms: cli.boot_delay,
+        step_ms: cli.step_delay,
+    };
+
+    // Bind before starting anything so a busy port fails fast and cleanly.
+    let server_addr = if cleanup_only { None } else { Some(cli.listen) };
+    let driver: Box<dyn slurm_one::sim::driver::Driver> = match driver_kind {
+        DriverKind::Dummy => Box::new(DummyDriver),
+        DriverKind::Ns => {
+            let tag = config::instance_tag(state_dir.as_deref(), &bridge);
+            let run_dir = match &state_dir {
+                Some(d) => d.join("ns"),
+                None => PathBuf::from(format!("/run/one-sim/{tag}")),
+            };
+            let exe = std::env::current_exe().map_err(SimError::SelfExe)?;
+            let ns = NsDriver::new(ns::NsConfig {
+                bridge: bridge.clone(),
+                gateway: net.first_host(),
+                prefix_len: net.prefix_len,
+                tag,
+                run_dir,
+                init_program: vec![exe.into_os_string(), "__vm-init".into()],
+            })
+            .map_err(|e| SimError::Driver(e.to_string()))?;
+            ns.ensure_bridge()
+                .map_err(|e| SimError::Driver(e.to_string()))?;
+            Box::new(NamespaceDriver::new(ns))
+        }
+    };
+    let sim = Arc::new(Sim::new(cloud, driver, sessions, state_file));
+
+    if cleanup_only {
+        sim.destroy_all_vms();
+        sim.save_if_dirty().map_err(SimError::Save)?;
+        sim.driver.shutdown(true).map_err(SimError::Driver)?;
+        println!(
+            "one-sim: cleaned up {}",
+            state_dir.unwrap_or_default().display()
+        );
+        return Ok(());
+    }
+
+    let Some(addr) = server_addr else {
+        return Ok(());
+    };
+    let server = Server::bind(addr, Arc::clone(&sim)).map_err(|e| SimError::Listen(addr, e))?;
+    let bound = server.local_addr().map_err(|e| SimError::Listen(addr, e))?;
+    install_signal_handlers();
+    let engine = sim.spawn_engine();
+    println!("one-sim listening on http://{bound}/RPC2");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let (vms, hosts) = {
+        let cloud = sim.cloud();
+        (cloud.vms.len(), cloud.hosts.len())
+    };
+    log::info!(
+        "serving {vms} VMs and {hosts} hosts with the {} driver",
+        sim.driver.vm_mad()
+    );
+
+    server
+        .run(&|| STOP.load(Ordering::SeqCst))
+        .map_err(|e| SimError::Listen(addr, e))?;
+
+    sim.request_stop();
+    let _ = engine.join();
+    if state_dir.is_some() {
+        log::info!("stopping; VMs keep running and are adopted on the next start");
+        sim.touch();
+        sim.save_if_dirty().map_err(SimError::Save)?;
+        sim.driver.shutdown(false).map_err(SimError::Driver)?;
+    } else {
+        log::info!("stopping; removing every VM (no --state-dir)");
+        sim.destroy_all_vms();
+        sim.driver.shutdown(true).map_err(SimError::Driver)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! slurm-one: per-job OpenNebula virtual machines for SLURM.
+//!
+//! Layout:
+//! - [`one`]: the OpenNebula protocol pieces shared by the client and the simulator
+//!   (XML-RPC codec, template grammar, VM state numbers).
+//! - [`config`]: the admin's TOML file, validated once into a typed `Config`.
+//! - [`mapping`]: the job↔node↔VM table in SQLite.
+//! - [`sim`]: `one-sim`, an OpenNebula front end of our own (XML-RPC server, VM lifecycle,
+//!   placement, the `dummy` and `ns` drivers, fault injection).
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod mapping;
+pub mod one;
+pub mod sim;

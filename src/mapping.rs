@@ -1,0 +1,1533 @@
+//! The job ↔ node ↔ VM mapping table, kept in one SQLite file.
+//!
+//! Owns: the database file (its directory is created 0700, the file is 0600), connection
+//! setup (WAL journal, `synchronous = FULL`, a busy timeout), versioned schema migrations
+//! (`PRAGMA user_version`), and every read and write of the `mapping` table.
+//!
+//! Does not own: talking to OpenNebula, deciding what a row's state should be (that is
+//! `provision`, `teardown` and `reconcile`), or locking between reconcile passes.
+//!
+//! Many short-lived processes (prologs and epilogs of concurrent jobs, the reconcile daemon)
+//! open the same file at once. So every change runs in its own `BEGIN IMMEDIATE`
+//! transaction, which takes the write lock up front (a deferred transaction that upgrades
+//! from read to write can fail with `SQLITE_BUSY` without ever calling the busy handler);
+//! a writer that finds the lock taken waits up to the busy timeout, then fails with
+//! [`MappingError::Busy`]. Nothing is cached between calls: each call sees the file as it is.
+
+use std::fmt;
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+
+/// Busy timeout used when the configuration does not set one.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Schema migrations, in order; migration `n` (1-based) brings `user_version` from `n - 1`
+/// to `n`. Append new migrations; never edit one that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: the mapping table. STRICT so a stray type can't slip in; the primary key is the
+    // unique (cluster, job, node) key and also serves per-job lookups.
+    "CREATE TABLE mapping (
+        cluster     TEXT    NOT NULL,
+        job_id      INTEGER NOT NULL CHECK (job_id >= 0),
+        node        TEXT    NOT NULL,
+        vm_id       INTEGER CHECK (vm_id >= 0),
+        state       TEXT    NOT NULL,
+        request_tag TEXT    NOT NULL UNIQUE,
+        created     INTEGER NOT NULL,
+        updated     INTEGER NOT NULL,
+        detail      TEXT,
+        PRIMARY KEY (cluster, job_id, node)
+    ) STRICT;
+    CREATE INDEX mapping_by_node ON mapping (cluster, node);
+    CREATE INDEX mapping_by_vm ON mapping (vm_id);",
+];
+
+/// Schema version this build creates and understands: the number of entries in
+/// `MIGRATIONS` (a test keeps the two in step).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// How often the journal-mode switch is retried while another process holds the lock.
+const JOURNAL_MODE_RETRY: Duration = Duration::from_millis(20);
+
+const COLUMNS: &str = "cluster, job_id, node, vm_id, state, request_tag, created, updated, detail";
+
+/// Lifecycle state of one mapping row, stored as text (see [`RowState::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowState {
+    /// Written before the VM create call; `vm_id` is still NULL.
+    Creating,
+    /// The VM exists and is booting.
+    Booting,
+    /// The VM is up and serving the job.
+    Running,
+    /// The VM is suspended (job suspended).
+    Suspended,
+    /// Teardown has started; the row goes away once the VM is gone.
+    TearingDown,
+}
+
+impl RowState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [RowState; 5] = [
+        RowState::Creating,
+        RowState::Booting,
+        RowState::Running,
+        RowState::Suspended,
+        RowState::TearingDown,
+    ];
+
+    /// The text stored in the `state` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowState::Creating => "creating",
+            RowState::Booting => "booting",
+            RowState::Running => "running",
+            RowState::Suspended => "suspended",
+            RowState::TearingDown => "tearing_down",
+        }
+    }
+
+    /// Parses the text stored in the `state` column; `None` for anything else.
+    pub fn from_db(s: &str) -> Option<RowState> {
+        RowState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for RowState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One mapping row: one node of one job and the VM that backs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// SLURM cluster name.
+    pub cluster: String,
+    /// SLURM job id.
+    pub job_id: u32,
+    /// SLURM node name.
+    pub node: String,
+    /// OpenNebula VM id; `None` while the row is [`RowState::Creating`].
+    pub vm_id: Option<u32>,
+    /// Lifecycle state.
+    pub state: RowState,
+    /// Unique tag the provisioner puts on the VM so a retried create can find it.
+    pub request_tag: String,
+    /// When the row was first written (unix seconds).
+    pub created: i64,
+    /// When the row last changed (unix seconds).
+    pub updated: i64,
+    /// Free text: host, cpu share, last event.
+    pub detail: Option<String>,
+}
+
+/// The step a database error happened in, with the ids it concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Configuring the connection (busy timeout, WAL journal, synchronous mode).
+    Configure,
+    /// Reading `PRAGMA user_version`.
+    ReadSchemaVersion,
+    /// Applying one schema migration.
+    Migrate {
+        /// Version the migration brings the schema to.
+        version: u32,
+    },
+    /// [`MappingDb::insert_creating`].
+    InsertCreating {
+        /// Cluster.
+        cluster: String,
+        /// Job id.
+        job_id: u32,
+        /// Node.
+        node: String,
+        /// Request tag.
+        request_tag: String,
+    },
+    /// [`MappingDb::set_vm`].
+    SetVm {
+        /// Request tag.
+        request_tag: String,
+        /// VM id being recorded.
+        vm_id: u32,
+    },
+    /// [`MappingDb::set_state`].
+    SetState {
+        /// Cluster.
+        cluster: String,
+        /// Job id.
+        job_id: u32,
+        /// Node.
+        node: String,
+        /// New state.
+        state: RowState,
+    },
+    /// [`MappingDb::job_rows`].
+    JobRows {
+        /// Cluster.
+        cluster: String,
+        /// Job id.
+        job_id: u32,
+    },
+    /// [`MappingDb::all_rows`].
+    AllRows {
+        /// Cluster.
+        cluster: String,
+    },
+    /// [`MappingDb::node_row`].
+    NodeRow {
+        /// Cluster.
+        cluster: String,
+        /// Node.
+        node: String,
+    },
+    /// [`MappingDb::tag_row`].
+    TagRow {
+        /// Request tag.
+        request_tag: String,
+    },
+    /// [`MappingDb::delete_row`].
+    DeleteRow {
+        /// Cluster.
+        cluster: String,
+        /// Job id.
+        job_id: u32,
+        /// Node.
+        node: String,
+    },
+    /// [`MappingDb::delete_job`].
+    DeleteJob {
+        /// Cluster.
+        cluster: String,
+        /// Job id.
+        job_id: u32,
+    },
+    /// [`MappingDb::upsert_from_tags`].
+    UpsertFromTags {
+        /// Cluster.
+        cluster: String,
+        /// Job id.
+        job_id: u32,
+        /// Node.
+        node: String,
+        /// VM id read from the tags.
+        vm_id: Option<u32>,
+    },
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Configure => write!(f, "configuring the connection (busy timeout, WAL)"),
+            Op::ReadSchemaVersion => write!(f, "reading the schema version"),
+            Op::Migrate { version } => write!(f, "applying schema migration {version}"),
+            Op::InsertCreating {
+                cluster,
+                job_id,
+                node,
+                request_tag,
+            } => write!(
+                f,
+                "inserting the creating row for job {job_id} node {node} \
+                 (cluster {cluster}, request tag {request_tag})"
+            ),
+            Op::SetVm { request_tag, vm_id } => {
+                write!(f, "recording VM {vm_id} for request tag {request_tag}")
+            }
+            Op::SetState {
+                cluster,
+                job_id,
+                node,
+                state,
+            } => write!(
+                f,
+                "setting job {job_id} node {node} (cluster {cluster}) to {state}"
+            ),
+            Op::JobRows { cluster, job_id } => {
+                write!(f, "reading the rows of job {job_id} (cluster {cluster})")
+            }
+            Op::AllRows { cluster } => write!(f, "reading all rows of cluster {cluster}"),
+            Op::NodeRow { cluster, node } => {
+                write!(f, "reading the row of node {node} (cluster {cluster})")
+            }
+            Op::TagRow { request_tag } => {
+                write!(f, "reading the row with request tag {request_tag}")
+            }
+            Op::DeleteRow {
+                cluster,
+                job_id,
+                node,
+            } => write!(
+                f,
+                "deleting the row of job {job_id} node {node} (cluster {cluster})"
+            ),
+            Op::DeleteJob { cluster, job_id } => {
+                write!(f, "deleting the rows of job {job_id} (cluster {cluster})")
+            }
+            Op::UpsertFromTags {
+                cluster,
+                job_id,
+                node,
+                vm_id,
+            } => {
+                write!(
+                    f,
+                    "rebuilding the row of job {job_id} node {node} (cluster {cluster}) from the tags of VM "
+                )?;
+                match vm_id {
+                    Some(id) => write!(f, "{id}"),
+                    None => write!(f, "(none)"),
+                }
+            }
+        }
+    }
+}
+
+/// Errors of the mapping database. Each names the failed step and carries the database path
+/// and the job, node, VM or request tag concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum MappingError {
+    /// The database directory could not be created.
+    #[error("creating mapping database directory {dir} (mode 0700)")]
+    CreateDir {
+        /// Directory that was being created.
+        dir: PathBuf,
+        /// Underlying error.
+        source: io::Error,
+    },
+    /// The database file could not be created or inspected.
+    #[error("creating mapping database file {path} (mode 0600)")]
+    CreateFile {
+        /// Database path.
+        path: PathBuf,
+        /// Underlying error.
+        source: io::Error,
+    },
+    /// The database file was readable by others and could not be restricted to 0600.
+    #[error("restricting mapping database file {path} to mode 0600")]
+    RestrictMode {
+        /// Database path.
+        path: PathBuf,
+        /// Underlying error.
+        source: io::Error,
+    },
+    /// SQLite could not open the file.
+    #[error("opening mapping database {path}")]
+    Open {
+        /// Database path.
+        path: PathBuf,
+        /// Underlying error.
+        source: rusqlite::Error,
+    },
+    /// The file is not an SQLite database, or it is corrupt.
+    #[error("{path} is not a usable SQLite database (corrupt or not SQLite) while {op}")]
+    NotADatabase {
+        /// Database path.
+        path: PathBuf,
+        /// Step that found out.
+        op: Box<Op>,
+        /// Underlying error.
+        source: rusqlite::Error,
+    },
+    /// Another process held the lock for longer than the busy timeout.
+    #[error("mapping database {path} busy/locked for longer than the {timeout:?} busy timeout while {op}")]
+    Busy {
+        /// Database path.
+        path: PathBuf,
+        /// Step that waited.
+        op: Box<Op>,
+        /// Busy timeout in force.
+        timeout: Duration,
+        /// Underlying error.
+        source: rusqlite::Error,
+    },
+    /// The file was written by a newer slurm-one with a schema this build does not know.
+    #[error("mapping database {path} has schema version {found}, newer than version {supported} known to this build")]
+    SchemaTooNew {
+        /// Database path.
+        path: PathBuf,
+        /// `user_version` in the file.
+        found: i64,
+        /// [`SCHEMA_VERSION`].
+        supported: u32,
+    },
+    /// The (cluster, job, node) key already has a row.
+    #[error("job {job_id} node {node} (cluster {cluster}) is already mapped in {path} (state {state}, VM {vm_id:?})")]
+    AlreadyMapped {
+        /// Database path.
+        path: PathBuf,
+        /// Cluster.
+        cluster: String,
+        /// Job id.
+        job_id: u32,
+        /// Node.
+        node: String,
+        /// State of the existing row.
+        state: RowState,
+        /// VM of the existing row.
+        vm_id: Option<u32>,
+    },
+    /// The request tag is already used by another (cluster, job, node).
+    #[error("request tag {request_tag} is already used in {path} by job {job_id} node {node} (cluster {cluster})")]
+    RequestTagTaken {
+        /// Database path.
+        path: PathBuf,
+        /// Request tag.
+        request_tag: String,
+        /// Cluster of the row holding the tag.
+        cluster: String,
+        /// Job of the row holding the tag.
+        job_id: u32,
+        /// Node of the row holding the tag.
+        node: String,
+    },
+    /// No row carries this request tag.
+    #[error("no row with request tag {request_tag} in {path} (recording VM {vm_id})")]
+    UnknownRequestTag {
+        /// Database path.
+        path: PathBuf,
+        /// Request tag.
+        request_tag: String,
+        /// VM that was being recorded.
+        vm_id: u32,
+    },
+    /// The row already records a different VM; overwriting it would lose track of that VM.
+    #[error(
+        "request tag {request_tag} in {path} already records VM {existing}, refusing VM {vm_id}"
+    )]
+    VmAlreadySet {
+        /// Database path.
+        path: PathBuf,
+        /// Request tag.
+        request_tag: String,
+        /// VM already recorded.
+        existing: u32,
+        /// VM that was being recorded.
+        vm_id: u32,
+    },
+    /// No row for this (cluster, job, node).
+    #[error("no mapping for job {job_id} node {node} (cluster {cluster}) in {path}")]
+    NoSuchRow {
+        /// Database path.
+        path: PathBuf,
+        /// Cluster.
+        cluster: String,
+        /// Job id.
+        job_id: u32,
+        /// Node.
+        node: String,
+    },
+    /// A stored value could not be decoded (unknown state text, id out of range).
+    #[error("mapping database {path}: bad value {value:?} in column {column} while {op}")]
+    BadValue {
+        /// Database path.
+        path: PathBuf,
+        /// Step that read it.
+        op: Box<Op>,
+        /// Column name.
+        column: &'static str,
+        /// The stored value, as text.
+        value: String,
+    },
+    /// Any other SQLite failure in a step.
+    #[error("mapping database {path}: {op} failed")]
+    Statement {
+        /// Database path.
+        path: PathBuf,
+        /// Step that failed.
+        op: Box<Op>,
+        /// Underlying error.
+        source: rusqlite::Error,
+    },
+}
+
+/// An open connection to the mapping database. Cheap to open; meant to live for one hook
+/// run or one reconcile pass.
+#[derive(Debug)]
+pub struct MappingDb {
+    conn: Connection,
+    path: PathBuf,
+    busy_timeout: Duration,
+}
+
+/// A row as read, before its values are checked.
+struct RawRow {
+    cluster: String,
+    job_id: i64,
+    node: String,
+    vm_id: Option<i64>,
+    state: String,
+    request_tag: String,
+    created: i64,
+    updated: i64,
+    detail: Option<String>,
+}
+
+impl RawRow {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+        Ok(RawRow {
+            cluster: r.get(0)?,
+            job_id: r.get(1)?,
+            node: r.get(2)?,
+            vm_id: r.get(3)?,
+            state: r.get(4)?,
+            request_tag: r.get(5)?,
+            created: r.get(6)?,
+            updated: r.get(7)?,
+            detail: r.get(8)?,
+        })
+    }
+}
+
+fn now() -> i64 {
+    // A clock before 1970 is not worth failing a hook for; 0 still orders correctly.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+impl MappingDb {
+    /// Opens (creating if missing) the database at `path` and brings its schema up to
+    /// [`SCHEMA_VERSION`]. A missing directory is created with mode 0700, a new file with
+    /// mode 0600; an existing file readable by group or others is restricted to 0600.
+    /// `busy_timeout` bounds every wait for another process's lock
+    /// ([`DEFAULT_BUSY_TIMEOUT`] unless configured).
+    pub fn open(path: &Path, busy_timeout: Duration) -> Result<Self, MappingError> {
+        prepare_file(path)?;
+        // No URI parsing: the path is a plain file name.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn =
+            Connection::open_with_flags(path, flags).map_err(|source| MappingError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let db = MappingDb {
+            conn,
+            path: path.to_path_buf(),
+            busy_timeout,
+        };
+        db.configure()?;
+        db.migrate()?;
+        log::debug!(
+            "mapping database {} open (schema {SCHEMA_VERSION})",
+            db.path.display()
+        );
+        Ok(db)
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records that a VM is about to be created for (cluster, job, node): a
+    /// [`RowState::Creating`] row with no VM id. Fails with
+    /// [`MappingError::AlreadyMapped`] if the key already has a row, and with
+    /// [`MappingError::RequestTagTaken`] if the tag is in use.
+    pub fn insert_creating(
+        &self,
+        cluster: &str,
+        job_id: u32,
+        node: &str,
+        request_tag: &str,
+    ) -> Result<(), MappingError> {
+        let op = Op::InsertCreating {
+            cluster: cluster.to_owned(),
+            job_id,
+            node: node.to_owned(),
+            request_tag: request_tag.to_owned(),
+        };
+        self.write(&op, |tx| {
+            if let Some(row) = self.find_key(tx, &op, cluster, job_id, node)? {
+                return Err(MappingError::AlreadyMapped {
+                    path: self.path.clone(),
+                    cluster: cluster.to_owned(),
+                    job_id,
+                    node: node.to_owned(),
+                    state: row.state,
+                    vm_id: row.vm_id,
+                });
+            }
+            if let Some(row) = self.find_tag(tx, &op, request_tag)? {
+                return Err(self.tag_taken(row));
+            }
+            let t = now();
+            tx.execute(
+                &format!("INSERT INTO mapping ({COLUMNS}) VALUES (?1, ?2, ?3, NULL, ?4, ?5, ?6, ?6, NULL)"),
+                params![cluster, job_id, node, RowState::Creating.as_str(), request_tag, t],
+            )
+            .map_err(|e| self.sql_error(&op, e))?;
+            Ok(())
+        })?;
+        log::info!(
+            "mapping: job {job_id} node {node} (cluster {cluster}) creating, request tag {request_tag}"
+        );
+        Ok(())
+    }
+
+    /// Records the VM created for `request_tag` and moves the row to `state`. Recording the
+    /// same VM again is fine (a retried create); a different VM is refused with
+    /// [`MappingError::VmAlreadySet`], an unknown tag with
+    /// [`MappingError::UnknownRequestTag`].
+    pub fn set_vm(
+        &self,
+        request_tag: &str,
+        vm_id: u32,
+        state: RowState,
+    ) -> Result<(), MappingError> {
+        let op = Op::SetVm {
+            request_tag: request_tag.to_owned(),
+            vm_id,
+        };
+        let row = self.write(&op, |tx| {
+            let Some(row) = self.find_tag(tx, &op, request_tag)? else {
+                return Err(MappingError::UnknownRequestTag {
+                    path: self.path.clone(),
+                    request_tag: request_tag.to_owned(),
+                    vm_id,
+                });
+            };
+            if let Some(existing) = row.vm_id.filter(|&v| v != vm_id) {
+                return Err(MappingError::VmAlreadySet {
+                    path: self.path.clone(),
+                    request_tag: request_tag.to_owned(),
+                    existing,
+                    vm_id,
+                });
+            }
+            tx.execute(
+                "UPDATE mapping SET vm_id = ?1, state = ?2, updated = ?3 WHERE request_tag = ?4",
+                params![vm_id, state.as_str(), now(), request_tag],
+            )
+            .map_err(|e| self.sql_error(&op, e))?;
+            Ok(row)
+        })?;
+        log::info!(
+            "mapping: job {} node {} (cluster {}) VM {vm_id} {} -> {state}",
+            row.job_id,
+            row.node,
+            row.cluster,
+            row.state
+        );
+        Ok(())
+    }
+
+    /// Moves (cluster, job, node) to `state`. `detail` replaces the row's detail text;
+    /// `None` keeps the current one. Fails with [`MappingError::NoSuchRow`] if there is no
+    /// such row.
+    pub fn set_state(
+        &self,
+        cluster: &str,
+        job_id: u32,
+        node: &str,
+        state: RowState,
+        detail: Option<&str>,
+    ) -> Result<(), MappingError> {
+        let op = Op::SetState {
+            cluster: cluster.to_owned(),
+            job_id,
+            node: node.to_owned(),
+            state,
+        };
+        let old = self.write(&op, |tx| {
+            let Some(old) = self.find_key(tx, &op, cluster, job_id, node)? else {
+                return Err(MappingError::NoSuchRow {
+                    path: self.path.clone(),
+                    cluster: cluster.to_owned(),
+                    job_id,
+                    node: node.to_owned(),
+                });
+            };
+            tx.execute(
+                "UPDATE mapping SET state = ?1, detail = COALESCE(?2, detail), updated = ?3
+                 WHERE cluster = ?4 AND job_id = ?5 AND node = ?6",
+                params![state.as_str(), detail, now(), cluster, job_id, node],
+            )
+            .map_err(|e| self.sql_error(&op, e))?;
+            Ok(old)
+        })?;
+        log::info!(
+            "mapping: job {job_id} node {node} (cluster {cluster}) VM {} {} -> {state}{}",
+            old.vm_id.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+            old.state,
+            detail.map(|d| format!(" ({d})")).unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    /// The rows of one job, ordered by node.
+    pub fn job_rows(&self, cluster: &str, job_id: u32) -> Result<Vec<Row>, MappingError> {
+        let op = Op::JobRows {
+            cluster: cluster.to_owned(),
+            job_id,
+        };
+        self.query(
+            &self.conn,
+            &op,
+            &format!(
+                "SELECT {COLUMNS} FROM mapping WHERE cluster = ?1 AND job_id = ?2 ORDER BY node"
+            ),
+            params![cluster, job_id],
+        )
+    }
+
+    /// Every row of the cluster, ordered by job then node.
+    pub fn all_rows(&self, cluster: &str) -> Result<Vec<Row>, MappingError> {
+        let op = Op::AllRows {
+            cluster: cluster.to_owned(),
+        };
+        self.query(
+            &self.conn,
+            &op,
+            &format!("SELECT {COLUMNS} FROM mapping WHERE cluster = ?1 ORDER BY job_id, node"),
+            params![cluster],
+        )
+    }
+
+    /// The row of a node. A node normally backs one job at a time; if rows of several jobs
+    /// name it (a new job mapped before the old one's epilog finished), the most recently
+    /// created one is returned and the overlap is logged.
+    pub fn node_row(&self, cluster: &str, node: &str) -> Result<Option<Row>, MappingError> {
+        let op = Op::NodeRow {
+            cluster: cluster.to_owned(),
+            node: node.to_owned(),
+        };
+        let rows = self.query(
+            &self.conn,
+            &op,
+            &format!(
+                "SELECT {COLUMNS} FROM mapping WHERE cluster = ?1 AND node = ?2
+                 ORDER BY created DESC, job_id DESC"
+            ),
+            params![cluster, node],
+        )?;
+        if rows.len() > 1 {
+            let jobs: Vec<String> = rows.iter().map(|r| r.job_id.to_string()).collect();
+            log::warn!(
+                "mapping: node {node} (cluster {cluster}) is mapped by jobs {}; using job {}",
+                jobs.join(", "),
+                jobs[0]
+            );
+        }
+        Ok(rows.into_iter().next())
+    }
+
+    /// The row carrying `request_tag`, if any (a retried create looks its VM up this way).
+    pub fn tag_row(&self, request_tag: &str) -> Result<Option<Row>, MappingError> {
+        let op = Op::TagRow {
+            request_tag: request_tag.to_owned(),
+        };
+        self.find_tag(&self.conn, &op, request_tag)
+    }
+
+    /// Deletes the row of (cluster, job, node); `false` if there was none.
+    pub fn delete_row(&self, cluster: &str, job_id: u32, node: &str) -> Result<bool, MappingError> {
+        let op = Op::DeleteRow {
+            cluster: cluster.to_owned(),
+            job_id,
+            node: node.to_owned(),
+        };
+        let n = self.write(&op, |tx| {
+            tx.execute(
+                "DELETE FROM mapping WHERE cluster = ?1 AND job_id = ?2 AND node = ?3",
+                params![cluster, job_id, node],
+            )
+            .map_err(|e| self.sql_error(&op, e))
+        })?;
+        if n > 0 {
+            log::info!("mapping: job {job_id} node {node} (cluster {cluster}) row deleted");
+        }
+        Ok(n > 0)
+    }
+
+    /// Deletes every row of a job and returns how many there were (0 if already gone).
+    pub fn delete_job(&self, cluster: &str, job_id: u32) -> Result<usize, MappingError> {
+        let op = Op::DeleteJob {
+            cluster: cluster.to_owned(),
+            job_id,
+        };
+        let n = self.write(&op, |tx| {
+            tx.execute(
+                "DELETE FROM mapping WHERE cluster = ?1 AND job_id = ?2",
+                params![cluster, job_id],
+            )
+            .map_err(|e| self.sql_error(&op, e))
+        })?;
+        if n > 0 {
+            log::info!("mapping: job {job_id} (cluster {cluster}) {n} row(s) deleted");
+        }
+        Ok(n)
+    }
+
+    /// Writes a row rebuilt by reconcile from a VM's tags: inserted if its (cluster, job,
+    /// node) is unknown, otherwise its VM id, state, request tag and detail replace the
+    /// stored ones. A known VM id is never replaced by `None`, nor a detail by `None`; the
+    /// older `created` is kept; `updated` becomes now. A request tag used by a different key
+    /// is refused with [`MappingError::RequestTagTaken`].
+    pub fn upsert_from_tags(&self, row: &Row) -> Result<(), MappingError> {
+        let op = Op::UpsertFromTags {
+            cluster: row.cluster.clone(),
+            job_id: row.job_id,
+            node: row.node.clone(),
+            vm_id: row.vm_id,
+        };
+        let old = self.write(&op, |tx| {
+            if let Some(other) = self.find_tag(tx, &op, &row.request_tag)? {
+                if (&other.cluster, other.job_id, &other.node)
+                    != (&row.cluster, row.job_id, &row.node)
+                {
+                    return Err(self.tag_taken(other));
+                }
+            }
+            let old = self.find_key(tx, &op, &row.cluster, row.job_id, &row.node)?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO mapping ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT (cluster, job_id, node) DO UPDATE SET
+                        vm_id = COALESCE(excluded.vm_id, vm_id),
+                        state = excluded.state,
+                        request_tag = excluded.request_tag,
+                        created = MIN(created, excluded.created),
+                        updated = excluded.updated,
+                        detail = COALESCE(excluded.detail, detail)"
+                ),
+                params![
+                    row.cluster,
+                    row.job_id,
+                    row.node,
+                    row.vm_id,
+                    row.state.as_str(),
+                    row.request_tag,
+                    row.created,
+                    now(),
+                    row.detail
+                ],
+            )
+            .map_err(|e| self.sql_error(&op, e))?;
+            Ok(old)
+        })?;
+        let vm = row.vm_id.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        match old {
+            None => log::info!(
+                "mapping: job {} node {} (cluster {}) VM {vm} {} rebuilt from tags",
+                row.job_id,
+                row.node,
+                row.cluster,
+                row.state
+            ),
+            Some(old) => {
+                if let (Some(a), Some(b)) = (old.vm_id, row.vm_id) {
+                    if a != b {
+                        log::warn!(
+                            "mapping: job {} node {} (cluster {}) VM {a} replaced by VM {b} from tags",
+                            row.job_id,
+                            row.node,
+                            row.cluster
+                        );
+                    }
+                }
+                log::info!(
+                    "mapping: job {} node {} (cluster {}) VM {vm} {} -> {} from tags",
+                    row.job_id,
+                    row.node,
+                    row.cluster,
+                    old.state,
+                    row.state
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Busy timeout, synchronous mode and the WAL journal.
+    fn configure(&self) -> Result<(), MappingError> {
+        let op = Op::Configure;
+        self.conn
+            .busy_timeout(self.busy_timeout)
+            .map_err(|e| self.sql_error(&op, e))?;
+        // FULL: a committed mapping survives power loss; losing one would orphan a VM.
+        self.conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| self.sql_error(&op, e))?;
+        // WAL is persistent, so the switch happens once per file. Switching needs an
+        // exclusive lock and SQLite may report BUSY without calling the busy handler when
+        // several fresh processes race for it, so retry here until the busy timeout.
+        let deadline = Instant::now() + self.busy_timeout;
+        loop {
+            let mode = self
+                .conn
+                .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+                .and_then(|mode| {
+                    if mode.eq_ignore_ascii_case("wal") {
+                        Ok(mode)
+                    } else {
+                        self.conn
+                            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+                    }
+                });
+            match mode {
+                Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+                Ok(mode) => {
+                    return Err(MappingError::BadValue {
+                        path: self.path.clone(),
+                        op: Box::new(op),
+                        column: "journal_mode",
+                        value: mode,
+                    })
+                }
+                Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                    thread::sleep(JOURNAL_MODE_RETRY)
+                }
+                Err(e) => return Err(self.sql_error(&op, e)),
+            }
+        }
+    }
+
+    /// Applies pending migrations, each in its own `BEGIN IMMEDIATE` transaction that
+    /// re-reads the version, so concurrent openers apply each one exactly once.
+    fn migrate(&self) -> Result<(), MappingError> {
+        // Cheap check without the write lock: the common case is an up-to-date file.
+        if self.schema_version(&self.conn)? == i64::from(SCHEMA_VERSION) {
+            return Ok(());
+        }
+        for (version, sql) in (1u32..).zip(MIGRATIONS) {
+            let op = Op::Migrate { version };
+            let applied = self.write(&op, |tx| {
+                let current = self.schema_version(tx)?;
+                if current >= i64::from(version) {
+                    return Ok(false);
+                }
+                tx.execute_batch(sql).map_err(|e| self.sql_error(&op, e))?;
+                tx.pragma_update(None, "user_version", version)
+                    .map_err(|e| self.sql_error(&op, e))?;
+                Ok(true)
+            })?;
+            if applied {
+                log::info!(
+                    "mapping database {}: schema migration {version} applied",
+                    self.path.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `user_version`, refusing a schema newer than this build.
+    fn schema_version(&self, conn: &Connection) -> Result<i64, MappingError> {
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| self.sql_error(&Op::ReadSchemaVersion, e))?;
+        if version > i64::from(SCHEMA_VERSION) {
+            return Err(MappingError::SchemaTooNew {
+                path: self.path.clone(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(version)
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction, committing only if it succeeds.
+    fn write<T>(
+        &self,
+        op: &Op,
+        f: impl FnOnce(&Connection) -> Result<T, MappingError>,
+    ) -> Result<T, MappingError> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(|e| self.sql_error(op, e))?;
+        // On error `tx` is dropped, which rolls back.
+        let out = f(&tx)?;
+        tx.commit().map_err(|e| self.sql_error(op, e))?;
+        Ok(out)
+    }
+
+    fn find_key(
+        &self,
+        conn: &Connection,
+        op: &Op,
+        cluster: &str,
+        job_id: u32,
+        node: &str,
+    ) -> Result<Option<Row>, MappingError> {
+        let rows = self.query(
+            conn,
+            op,
+            &format!(
+                "SELECT {COLUMNS} FROM mapping WHERE cluster = ?1 AND job_id = ?2 AND node = ?3"
+            ),
+            params![cluster, job_id, node],
+        )?;
+        Ok(rows.into_iter().next())
+    }
+
+    fn find_tag(
+        &self,
+        conn: &Connection,
+        op: &Op,
+        request_tag: &str,
+    ) -> Result<Option<Row>, MappingError> {
+        let raw = conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM mapping WHERE request_tag = ?1"),
+                params![request_tag],
+                RawRow::read,
+            )
+            .optional()
+            .map_err(|e| self.sql_error(op, e))?;
+        raw.map(|r| self.decode(op, r)).transpose()
+    }
+
+    fn query(
+        &self,
+        conn: &Connection,
+        op: &Op,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<Row>, MappingError> {
+        let mut stmt = conn
+            .prepare_cached(sql)
+            .map_err(|e| self.sql_error(op, e))?;
+        let raws = stmt
+            .query_map(params, RawRow::read)
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<RawRow>>>())
+            .map_err(|e| self.sql_error(op, e))?;
+        raws.into_iter().map(|r| self.decode(op, r)).collect()
+    }
+
+    fn decode(&self, op: &Op, r: RawRow) -> Result<Row, MappingError> {
+        let bad = |column: &'static str, value: String| MappingError::BadValue {
+            path: self.path.clone(),
+            op: Box::new(op.clone()),
+            column,
+            value,
+        };
+        let job_id = u32::try_from(r.job_id).map_err(|_| bad("job_id", r.job_id.to_string()))?;
+        let vm_id = match r.vm_id {
+            None => None,
+            Some(v) => Some(u32::try_from(v).map_err(|_| bad("vm_id", v.to_string()))?),
+        };
+        let state = RowState::from_db(&r.state).ok_or_else(|| bad("state", r.state.clone()))?;
+        Ok(Row {
+            cluster: r.cluster,
+            job_id,
+            node: r.node,
+            vm_id,
+            state,
+            request_tag: r.request_tag,
+            created: r.created,
+            updated: r.updated,
+            detail: r.detail,
+        })
+    }
+
+    fn tag_taken(&self, holder: Row) -> MappingError {
+        MappingError::RequestTagTaken {
+            path: self.path.clone(),
+            request_tag: holder.request_tag,
+            cluster: holder.cluster,
+            job_id: holder.job_id,
+            node: holder.node,
+        }
+    }
+
+    /// Classifies an SQLite error: busy/locked and not-a-database get their own variants.
+    fn sql_error(&self, op: &Op, source: rusqlite::Error) -> MappingError {
+        let path = self.path.clone();
+        let op = Box::new(op.clone());
+        match source.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => MappingError::Busy {
+                path,
+                op,
+                timeout: self.busy_timeout,
+                source,
+            },
+            Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+                MappingError::NotADatabase { path, op, source }
+            }
+            _ => MappingError::Statement { path, op, source },
+        }
+    }
+}
+
+/// Creates the directory (0700) and the file (0600) if missing, and restricts an existing
+/// file that group or others can access. SQLite gives its `-wal` and `-shm` files the
+/// database file's mode, so they follow.
+fn prepare_file(path: &Path) -> Result<(), MappingError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| MappingError::CreateDir {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?;
+        }
+    }
+    let create_err = |source| MappingError::CreateFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    // create + no truncate: an existing file (even a corrupt one) is left as it is.
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(create_err)?;
+    let mode = file.metadata().map_err(create_err)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        log::warn!(
+            "mapping database {} had mode {:o}; restricting to 0600",
+            path.display(),
+            mode & 0o7777
+        );
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+            MappingError::RestrictMode {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+
+    const CLUSTER: &str = "c1";
+    /// Env var carrying `<db path>|<first job>|<job count>` to a worker process.
+    const WORKER_ENV: &str = "SLURM_ONE_MAPPING_TEST_WORKER";
+    const WORKERS: u32 = 32;
+    const JOBS_PER_WORKER: u32 = 6;
+
+    fn open(path: &Path) -> MappingDb {
+        MappingDb::open(path, DEFAULT_BUSY_TIMEOUT).expect("open mapping db")
+    }
+
+    fn temp() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state").join("mapping.db");
+        (dir, path)
+    }
+
+    fn user_version(path: &Path) -> i64 {
+        let c = Connection::open(path).expect("raw open");
+        c.pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("user_version")
+    }
+
+    #[test]
+    fn open_sets_user_version_and_wal() {
+        let (_d, path) = temp();
+        let db = open(&path);
+        assert_eq!(user_version(&path), i64::from(SCHEMA_VERSION));
+        let mode: String = db
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .expect("journal_mode");
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn schema_version_counts_the_migrations() {
+        assert_eq!(u32::try_from(MIGRATIONS.len()), Ok(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn migrations_are_idempotent_on_reopen() {
+        let (_d, path) = temp();
+        {
+            let db = open(&path);
+            db.insert_creating(CLUSTER, 1, "n1", "t1").expect("insert");
+        }
+        for _ in 0..3 {
+            let db = open(&path);
+            assert_eq!(db.all_rows(CLUSTER).expect("rows").len(), 1);
+        }
+        assert_eq!(user_version(&path), i64::from(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let (_d, path) = temp();
+        drop(open(&path));
+        Connection::open(&path)
+            .expect("raw open")
+            .pragma_update(None, "user_version", 99)
+            .expect("bump");
+        let err = MappingDb::open(&path, DEFAULT_BUSY_TIMEOUT).expect_err("must refuse");
+        assert!(
+            matches!(err, MappingError::SchemaTooNew { found: 99, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn insert_set_vm_set_state_query_delete_round_trip() {
+        let (_d, path) = temp();
+        let db = open(&path);
+        db.insert_creating(CLUSTER, 7, "n1", "tag-7-n1")
+            .expect("insert n1");
+        db.insert_creating(CLUSTER, 7, "n2", "tag-7-n2")
+            .expect("insert n2");
+        db.insert_creating("other", 7, "n1", "tag-o-7-n1")
+            .expect("other cluster");
+
+        let rows = db.job_rows(CLUSTER, 7).expect("job rows");
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].state, RowState::Creating);
+        assert_eq!(rows[0].vm_id, None);
+        assert!(rows[0].created > 0 && rows[0].updated == rows[0].created);
+
+        db.set_vm("tag-7-n1", 42, RowState::Booting)
+            .expect("set_vm");
+        // A retried create recording the same VM is fine.
+        db.set_vm("tag-7-n1", 42, RowState::Booting)
+            .expect("set_vm again");
+        let err = db
+            .set_vm("tag-7-n1", 43, RowState::Booting)
+            .expect_err("other vm");
+        assert!(matches!(
+            err,
+            MappingError::VmAlreadySet {
+                existing: 42,
+                vm_id: 43,
+                ..
+            }
+        ));
+        let err = db
+            .set_vm("nope", 1, RowState::Booting)
+            .expect_err("unknown tag");
+        assert!(matches!(err, MappingError::UnknownRequestTag { .. }));
+
+        db.set_state(CLUSTER, 7, "n1", RowState::Running, Some("host h1"))
+            .expect("set_state");
+        db.set_state(CLUSTER, 7, "n1", RowState::Suspended, None)
+            .expect("set_state keeps detail");
+        let err = db
+            .set_state(CLUSTER, 8, "n1", RowState::Running, None)
+            .expect_err("no row");
+        assert!(matches!(err, MappingError::NoSuchRow { job_id: 8, .. }));
+
+        let row = db.node_row(CLUSTER, "n1").expect("node_row").expect("some");
+        assert_eq!(row.vm_id, Some(42));
+        assert_eq!(row.state, RowState::Suspended);
+        assert_eq!(row.detail.as_deref(), Some("host h1"));
+        assert_eq!(db.tag_row("tag-7-n1").expect("tag_row"), Some(row));
+        assert_eq!(db.node_row(CLUSTER, "n9").expect("node_row"), None);
+        assert_eq!(db.all_rows(CLUSTER).expect("all").len(), 2);
+
+        assert!(db.delete_row(CLUSTER, 7, "n1").expect("delete"));
+        assert!(!db.delete_row(CLUSTER, 7, "n1").expect("delete again"));
+        assert_eq!(db.job_rows(CLUSTER, 7).expect("rows").len(), 1);
+        assert_eq!(db.all_rows("other").expect("other").len(), 1);
+    }
+
+    #[test]
+    fn duplicate_mapping_is_refused() {
+        let (_d, path) = temp();
+        let db = open(&path);
+        db.insert_creating(CLUSTER, 1, "n1", "t1").expect("insert");
+        db.set_vm("t1", 5, RowState::Running).expect("set_vm");
+        let err = db
+            .insert_creating(CLUSTER, 1, "n1", "t2")
+            .expect_err("dup key");
+        assert!(
+            matches!(
+                &err,
+                MappingError::AlreadyMapped { job_id: 1, node, state: RowState::Running, vm_id: Some(5), .. } if node == "n1"
+            ),
+            "{err}"
+        );
+        let err = db
+            .insert_creating(CLUSTER, 2, "n1", "t1")
+            .expect_err("dup tag");
+        assert!(
+            matches!(&err, MappingError::RequestTagTaken { job_id: 1, .. }),
+            "{err}"
+        );
+        assert_eq!(db.all_rows(CLUSTER).expect("rows").len(), 1);
+    }
+
+    #[test]
+    fn delete_job_is_idempotent() {
+        let (_d, path) = temp();
+        let db = open(&path);
+        for node in ["n1", "n2", "n3"] {
+            db.insert_creating(CLUSTER, 3, node, &format!("t-{node}"))
+                .expect("insert");
+        }
+        db.insert_creating(CLUSTER, 4, "n1", "t-4")
+            .expect("insert job 4");
+        assert_eq!(db.delete_job(CLUSTER, 3).expect("delete"), 3);
+        assert_eq!(db.delete_job(CLUSTER, 3).expect("delete again"), 0);
+        assert_eq!(db.all_rows(CLUSTER).expect("rows").len(), 1);
+    }
+
+    #[test]
+    fn upsert_from_tags_inserts_then_updates_and_guards_tags() {
+        let (_d, path) = temp();
+        let db = open(&path);
+        let mut row = Row {
+            cluster: CLUSTER.into(),
+            job_id: 9,
+            node: "n1".into(),
+            vm_id: Some(77),
+            state: RowState::Running,
+            request_tag: "t9".into(),
+            created: 1000,
+            updated: 1000,
+            detail: Some("host h2".into()),
+        };
+        db.upsert_from_tags(&row).expect("insert");
+        row.state = RowState::TearingDown;
+        row.created = 2000;
+        row.detail = None;
+        db.upsert_from_tags(&row).expect("update");
+        let got = db.node_row(CLUSTER, "n1").expect("read").expect("some");
+        assert_eq!(got.state, RowState::TearingDown);
+        assert_eq!(got.created, 1000);
+        assert_eq!(got.vm_id, Some(77));
+        assert_eq!(got.detail.as_deref(), Some("host h2"));
+
+        row.node = "n2".into();
+        let err = db.upsert_from_tags(&row).expect_err("tag of another key");
+        assert!(matches!(err, MappingError::RequestTagTaken { .. }), "{err}");
+    }
+
+    #[test]
+    fn corrupt_file_gives_an_error_naming_the_path() {
+        let (_d, path) = temp();
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        let garbage: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        fs::write(&path, garbage).expect("write garbage");
+        let err = MappingDb::open(&path, DEFAULT_BUSY_TIMEOUT).expect_err("garbage");
+        assert!(matches!(err, MappingError::NotADatabase { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+
+        fs::write(&path, b"not sqlite").expect("write short garbage");
+        let err = MappingDb::open(&path, DEFAULT_BUSY_TIMEOUT).expect_err("short garbage");
+        assert!(matches!(err, MappingError::NotADatabase { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn file_is_0600_and_new_directory_is_0700() {
+        let (_d, path) = temp();
+        let db = open(&path);
+        db.insert_creating(CLUSTER, 1, "n1", "t1").expect("insert");
+        let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().expect("parent")), 0o700);
+        let wal = path.with_extension("db-wal");
+        assert_eq!(mode(&wal), 0o600);
+
+        // An existing file readable by others is restricted.
+        drop(db);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        drop(open(&path));
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    /// Holds `BEGIN EXCLUSIVE` on `path` from another connection for `hold`; returns once
+    /// the lock is taken.
+    fn hold_exclusive(path: &Path, hold: Duration) -> thread::JoinHandle<()> {
+        let path = path.to_path_buf();
+        let (tx, rx) = mpsc::channel();
+        let h = thread::spawn(move || {
+            let c = Connection::open(&path).expect("raw open");
+            c.execute_batch("BEGIN EXCLUSIVE").expect("begin exclusive");
+            tx.send(()).expect("signal");
+            thread::sleep(hold);
+            c.execute_batch("COMMIT").expect("commit");
+        });
+        rx.recv().expect("lock taken");
+        h
+    }
+
+    #[test]
+    fn write_waits_for_a_lock_shorter_than_the_busy_timeout() {
+        let (_d, path) = temp();
+        let db = open(&path);
+        let h = hold_exclusive(&path, Duration::from_secs(1));
+        let t = Instant::now();
+        db.insert_creating(CLUSTER, 1, "n1", "t1")
+            .expect("waits, then succeeds");
+        assert!(
+            t.elapsed() >= Duration::from_millis(800),
+            "{:?}",
+            t.elapsed()
+        );
+        h.join().expect("holder");
+        assert_eq!(db.job_rows(CLUSTER, 1).expect("rows").len(), 1);
+    }
+
+    #[test]
+    fn lock_longer_than_the_busy_timeout_gives_a_busy_error() {
+        let (_d, path) = temp();
+        let db = MappingDb::open(&path, Duration::from_millis(100)).expect("open");
+        let h = hold_exclusive(&path, Duration::from_secs(1));
+        let err = db
+            .insert_creating(CLUSTER, 1, "n1", "t1")
+            .expect_err("busy");
+        h.join().expect("holder");
+        assert!(
+            matches!(
+                &err,
+                MappingError::Busy { op, .. }
+                    if matches!(**op, Op::InsertCreating { job_id: 1, .. })
+            ),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("busy/locked") && msg.contains(&path.display().to_string()),
+            "{msg}"
+        );
+        // Nothing half-written: the row can be inserted once the lock is gone.
+        db.insert_creating(CLUSTER, 1, "n1", "t1")
+            .expect("insert after lock");
+    }
+
+    /// Node names of worker job `j`; even jobs get two nodes, odd ones three.
+    fn worker_nodes(j: u32) -> Vec<String> {
+        (0..2 + j % 2).map(|n| format!("n{n}")).collect()
+    }
+
+    /// What the worker leaves for job `j`: jobs ≡ 0 mod 3 are deleted whole, jobs ≡ 1 lose
+    /// node n0, the rest keep every node, Running on VM `j * 10 + n`.
+    fn expected_rows(j: u32) -> Vec<(String, Option<u32>, RowState)> {
+        if j.is_multiple_of(3) {
+            return Vec::new();
+        }
+        worker_nodes(j)
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !(j % 3 == 1 && *i == 0))
+            .map(|(i, n)| (n, Some(j * 10 + i as u32), RowState::Running))
+            .collect()
+    }
+
+    /// Worker half of the concurrency test: runs only in a child process spawned by
+    /// `thirty_two_processes_lose_nothing`; returns at once in a normal test run.
+    #[test]
+    fn concurrent_worker_process() {
+        let Ok(spec) = std::env::var(WORKER_ENV) else {
+            return;
+        };
+        let mut parts = spec.split('|');
+        let path = PathBuf::from(parts.next().expect("path"));
+        let first: u32 = parts.next().expect("first").parse().expect("first job");
+        let count: u32 = parts.next().expect("count").parse().expect("count");
+        let db = open(&path);
+        for j in first..first + count {
+            let nodes = worker_nodes(j);
+            for n in &nodes {
+                db.insert_creating(CLUSTER, j, n, &format!("req-{j}-{n}"))
+                    .expect("insert");
+            }
+            for (i, n) in nodes.iter().enumerate() {
+                db.set_vm(
+                    &format!("req-{j}-{n}"),
+                    j * 10 + i as u32,
+                    RowState::Booting,
+                )
+                .expect("set_vm");
+                db.set_state(CLUSTER, j, n, RowState::Running, Some("up"))
+                    .expect("set_state");
+            }
+            assert_eq!(
+                db.job_rows(CLUSTER, j).expect("job rows").len(),
+                nodes.len()
+            );
+            match j % 3 {
+                0 => assert_eq!(db.delete_job(CLUSTER, j).expect("delete_job"), nodes.len()),
+                1 => assert!(db.delete_row(CLUSTER, j, &nodes[0]).expect("delete_row")),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn thirty_two_processes_lose_nothing() {
+        let (_d, path) = temp();
+        let exe = std::env::current_exe().expect("current_exe");
+        // The harness names tests without the crate: strip the first path segment.
+        let module = module_path!()
+            .split_once("::")
+            .map_or(module_path!(), |(_, m)| m);
+        let worker = format!("{module}::concurrent_worker_process");
+        let t = Instant::now();
+        let children: Vec<_> = (0..WORKERS)
+            .map(|w| {
+                let spec = format!(
+                    "{}|{}|{}",
+                    path.display(),
+                    1000 + w * JOBS_PER_WORKER,
+                    JOBS_PER_WORKER
+                );
+                Command::new(&exe)
+                    .args(["--exact", &worker, "--nocapture", "--test-threads=1"])
+                    .env(WORKER_ENV, spec)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn worker")
+            })
+            .collect();
+        for (w, child) in children.into_iter().enumerate() {
+            let out = child.wait_with_output().expect("wait worker");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "worker {w}: {}\n{stdout}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        eprintln!("{WORKERS} worker processes took {:?}", t.elapsed());
+
+        let db = open(&path);
+        let got: Vec<_> = db
+            .all_rows(CLUSTER)
+            .expect("rows")
+            .into_iter()
+            .map(|r| (r.job_id, r.node, r.vm_id, r.state))
+            .collect();
+        let want: Vec<_> = (1000..1000 + WORKERS * JOBS_PER_WORKER)
+            .flat_map(|j| {
+                expected_rows(j)
+                    .into_iter()
+                    .map(move |(n, v, s)| (j, n, v, s))
+            })
+            .collect();
+        assert_eq!(got, want);
+    }
+}

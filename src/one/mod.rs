@@ -1,0 +1,5 @@
+//! OpenNebula protocol pieces shared by the slurm-one client and the `one-sim` front end.
+
+pub mod states;
+pub mod template;
+pub mod xmlrpc;

@@ -1,0 +1,1916 @@
+//! The simulated cloud's records (VMs, hosts, templates, the virtual network) and
+//! OpenNebula's VM lifecycle over them, as pure functions of the state and the clock.
+//!
+//! Nothing here does I/O: the engine applies driver results and the clock, the RPC layer
+//! turns requests into calls of these functions. Errors carry oned's code and message.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::one::states::{state_str, HostState, LcmState, VmState};
+use crate::one::template::{Attribute, Template};
+
+/// OpenNebula's error codes (`include/Request.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum ErrorCode {
+    Authentication = 0x0100,
+    Authorization = 0x0200,
+    NoExists = 0x0400,
+    Action = 0x0800,
+    XmlRpcApi = 0x1000,
+    Internal = 0x2000,
+    Allocate = 0x4000,
+    Locked = 0x8000,
+}
+
+/// A failed call as oned reports it: code, message (without the `[method] ` prefix the
+/// RPC layer adds) and the id of the object involved, or -1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OneError {
+    /// Error class.
+    pub code: ErrorCode,
+    /// Message text after the method prefix.
+    pub message: String,
+    /// RESP_ID of the failure array.
+    pub resp_id: i32,
+}
+
+impl OneError {
+    /// An error with RESP_ID -1.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        OneError {
+            code,
+            message: message.into(),
+            resp_id: -1,
+        }
+    }
+
+    fn no_vm(id: i64) -> Self {
+        OneError {
+            code: ErrorCode::NoExists,
+            message: format!("Error getting virtual machine [{id}]."),
+            resp_id: i32::try_from(id).unwrap_or(-1),
+        }
+    }
+
+    fn no_host(id: i64) -> Self {
+        OneError {
+            code: ErrorCode::NoExists,
+            message: format!("Error getting host [{id}]."),
+            resp_id: i32::try_from(id).unwrap_or(-1),
+        }
+    }
+
+    fn action(action: &str, what: impl std::fmt::Display) -> Self {
+        OneError::new(
+            ErrorCode::Action,
+            format!("Error performing action \"{action}\": {what}"),
+        )
+    }
+}
+
+/// `History::VMAction` numbers written in HISTORY/ACTION.
+#[allow(missing_docs)]
+pub mod history_action {
+    pub const NONE: u32 = 0;
+    pub const MIGRATE: u32 = 1;
+    pub const LIVE_MIGRATE: u32 = 2;
+    pub const UNDEPLOY: u32 = 5;
+    pub const UNDEPLOY_HARD: u32 = 6;
+    pub const STOP: u32 = 9;
+    pub const SUSPEND: u32 = 10;
+    pub const POWEROFF: u32 = 19;
+    pub const POWEROFF_HARD: u32 = 20;
+    pub const TERMINATE: u32 = 27;
+    pub const TERMINATE_HARD: u32 = 28;
+    pub const RESIZE: u32 = 35;
+}
+
+/// One HISTORY record: a stay of the VM on one host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct History {
+    pub seq: u32,
+    pub hostname: String,
+    pub hid: u32,
+    pub vm_mad: String,
+    pub stime: i64,
+    pub etime: i64,
+    pub pstime: i64,
+    pub petime: i64,
+    pub rstime: i64,
+    pub retime: i64,
+    pub estime: i64,
+    pub eetime: i64,
+    pub action: u32,
+    pub uid: i32,
+    pub gid: i32,
+    pub request_id: i64,
+}
+
+/// What a driver is doing for a VM in a transitional state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DriverOp {
+    /// Nothing asked of the driver (or already finished).
+    Idle,
+    /// Asked, not finished; the VM cannot leave its state yet.
+    Busy,
+    /// The driver failed; the VM goes to the matching failure state.
+    Failed(String),
+}
+
+/// What the engine must ask of the driver when a VM enters a state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverCall {
+    /// Create and start the VM.
+    Boot,
+    /// Freeze it.
+    Suspend,
+    /// Thaw it.
+    Resume,
+    /// End every process and remove it.
+    Destroy,
+}
+
+/// A virtual machine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct Vm {
+    pub id: u32,
+    pub name: String,
+    pub state: VmState,
+    pub lcm: LcmState,
+    pub prev_state: VmState,
+    pub prev_lcm: LcmState,
+    pub resched: bool,
+    pub stime: i64,
+    pub etime: i64,
+    pub deploy_id: String,
+    /// TEMPLATE: what was asked that oned keeps there, plus what oned adds.
+    pub template: Template,
+    /// USER_TEMPLATE: custom keys and what one.vm.update sets.
+    pub user_template: Template,
+    pub history: Vec<History>,
+    /// Host holding the VM's capacity, if any.
+    pub host: Option<u32>,
+    /// Leased address of NIC 0, if the VM has a NIC.
+    pub ip: Option<Ipv4Addr>,
+    /// When (ms since the epoch) the current transitional state may end.
+    pub due_ms: u64,
+    pub op: DriverOp,
+    /// The driver call the engine still has to start for the current state.
+    #[serde(skip)]
+    pub pending_call: Option<DriverCall>,
+    /// Host to move to when a migration completes.
+    pub migrate_to: Option<u32>,
+}
+
+impl Vm {
+    /// oned remembers the state a transition started from while it is under way and
+    /// settles PREV_* to the new state once the VM rests (RUNNING, SUSPENDED, DONE...).
+    fn set_state(&mut self, state: VmState, lcm: LcmState) {
+        let resting = state != VmState::Active || lcm == LcmState::RUNNING;
+        if resting {
+            self.prev_state = state;
+            self.prev_lcm = lcm;
+        } else {
+            self.prev_state = self.state;
+            self.prev_lcm = self.lcm;
+        }
+        self.state = state;
+        self.lcm = lcm;
+    }
+
+    /// Parsed CPU share (0 if absent, which validation prevents).
+    pub fn cpu(&self) -> f64 {
+        self.template
+            .get("CPU")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// MEMORY in MiB.
+    pub fn memory_mb(&self) -> u64 {
+        self.template
+            .get("MEMORY")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// CONTEXT/REPORT_READY is YES.
+    pub fn wants_ready(&self) -> bool {
+        self.template
+            .vector_get("CONTEXT", "REPORT_READY")
+            .is_some_and(|v| v.eq_ignore_ascii_case("yes"))
+    }
+
+    /// The state name oned prints in errors.
+    pub fn state_name(&self) -> String {
+        state_str(self.state, self.lcm)
+    }
+
+    fn is(&self, state: VmState, lcm: LcmState) -> bool {
+        self.state == state && self.lcm == lcm
+    }
+
+    fn running(&self) -> bool {
+        self.is(VmState::Active, LcmState::RUNNING)
+    }
+}
+
+/// A hypervisor host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct Host {
+    pub id: u32,
+    pub name: String,
+    pub state: HostState,
+    pub prev_state: HostState,
+    pub im_mad: String,
+    pub vm_mad: String,
+    pub cluster_id: i32,
+    /// KiB.
+    pub total_mem: u64,
+    /// 100 per core.
+    pub total_cpu: u64,
+    /// KiB reserved by VMs.
+    pub mem_usage: u64,
+    /// CPU share ×100 reserved by VMs.
+    pub cpu_usage: u64,
+    pub vms: Vec<u32>,
+}
+
+impl Host {
+    fn fits(&self, cpu100: u64, mem_kib: u64) -> bool {
+        self.state == HostState::Monitored
+            && self.cpu_usage + cpu100 <= self.total_cpu
+            && self.mem_usage + mem_kib <= self.total_mem
+    }
+}
+
+/// A VM template (one.template.*).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct VmTemplate {
+    pub id: u32,
+    pub name: String,
+    pub regtime: i64,
+    pub template: Template,
+}
+
+/// The one virtual network the simulator offers (NIC = [ NETWORK_ID = 0 ]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Network {
+    /// Its name, the bridge's name.
+    pub name: String,
+    /// The bridge (gateway) address.
+    pub gateway: Ipv4Addr,
+    /// Prefix length.
+    pub prefix_len: u8,
+    /// Leased addresses → VM id.
+    pub leases: BTreeMap<Ipv4Addr, u32>,
+}
+
+impl Network {
+    fn lease(&mut self, vm: u32) -> Option<Ipv4Addr> {
+        let base = u32::from(self.gateway) & self.mask();
+        let size = 1u32 << (32 - u32::from(self.prefix_len));
+        (1..size.saturating_sub(1))
+            .map(|i| Ipv4Addr::from(base + i))
+            .find(|ip| *ip != self.gateway && !self.leases.contains_key(ip))
+            .inspect(|ip| {
+                self.leases.insert(*ip, vm);
+            })
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0)
+    }
+
+    /// Dotted netmask.
+    pub fn mask_str(&self) -> String {
+        Ipv4Addr::from(self.mask()).to_string()
+    }
+
+    /// The network as a value for the command line's types.
+    pub fn net(&self) -> crate::sim::config::Ipv4Net {
+        crate::sim::config::Ipv4Net {
+            addr: self.address(),
+            prefix_len: self.prefix_len,
+        }
+    }
+
+    /// Network address.
+    pub fn address(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.gateway) & self.mask())
+    }
+}
+
+/// Timing knobs of the lifecycle.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Time in BOOT (and the other BOOT_* states).
+    pub boot_ms: u64,
+    /// Time of every other transitional state (PROLOG, SHUTDOWN, EPILOG, SAVE_*...).
+    pub step_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            boot_ms: 2000,
+            step_ms: 50,
+        }
+    }
+}
+
+/// The whole simulated cloud; what `--state-dir` persists.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct Cloud {
+    pub next_vm: u32,
+    pub next_host: u32,
+    pub next_template: u32,
+    pub vms: BTreeMap<u32, Vm>,
+    pub hosts: BTreeMap<u32, Host>,
+    pub templates: BTreeMap<u32, VmTemplate>,
+    pub network: Network,
+    /// VM_MAD of the driver backing VMs ("dummy" or "ns").
+    pub vm_mad: String,
+    /// Capacity given to hosts added with one.host.allocate: (cores, MiB).
+    pub default_host: (u32, u64),
+    pub next_request_id: i64,
+    /// Lifecycle timing (from the command line, not persisted).
+    #[serde(skip)]
+    pub timing: Timing,
+}
+
+/// Ids of VMs in a pool listing, per the filter arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolFilter {
+    /// filter_flag.
+    pub filter: i32,
+    /// Start id or pagination offset.
+    pub start: i32,
+    /// End id or negative page size.
+    pub end: i32,
+    /// VM state filter.
+    pub state: i32,
+}
+
+fn now_secs(now_ms: u64) -> i64 {
+    i64::try_from(now_ms / 1000).unwrap_or(i64::MAX)
+}
+
+/// oned's validation of a positive integer MEMORY / VCPU and a positive float CPU.
+fn validate_capacity(t: &Template) -> Result<(), OneError> {
+    let mem_ok = t
+        .get("MEMORY")
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .is_some_and(|m| m > 0);
+    if !mem_ok {
+        return Err(OneError::new(
+            ErrorCode::Internal,
+            "MEMORY attribute must be a positive integer value.",
+        ));
+    }
+    let cpu_ok = t
+        .get("CPU")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .is_some_and(|c| c > 0.0 && c.is_finite());
+    if !cpu_ok {
+        return Err(OneError::new(
+            ErrorCode::Internal,
+            "CPU attribute must be a positive float or integer value.",
+        ));
+    }
+    if let Some(v) = t.get("VCPU") {
+        if !v.trim().parse::<i64>().is_ok_and(|n| n > 0) {
+            return Err(OneError::new(
+                ErrorCode::Internal,
+                "VCPU attribute must be a positive integer value.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Attributes oned keeps in TEMPLATE; everything else goes to USER_TEMPLATE.
+const TEMPLATE_ATTRS: &[&str] = &[
+    "AUTOMATIC_DS_REQUIREMENTS",
+    "AUTOMATIC_NIC_REQUIREMENTS",
+    "AUTOMATIC_REQUIREMENTS",
+    "CONTEXT",
+    "CPU",
+    "CPU_MODEL",
+    "CREATED_BY",
+    "DISK",
+    "FEATURES",
+    "GRAPHICS",
+    "INPUT",
+    "MEMORY",
+    "NIC",
+    "NIC_ALIAS",
+    "NIC_DEFAULT",
+    "NUMA_NODE",
+    "OS",
+    "PCI",
+    "RAW",
+    "SECURITY_GROUP_RULE",
+    "SNAPSHOT",
+    "SPICE_OPTIONS",
+    "SUBMIT_ON_HOLD",
+    "TEMPLATE_ID",
+    "TM_MAD_SYSTEM",
+    "TOPOLOGY",
+    "VCPU",
+    "VCPU_MAX",
+    "VMGROUP",
+    "VMID",
+    "VROUTER_ID",
+];
+
+/// Checks a name as oned's `PoolObjectSQL::name_is_valid` does.
+fn validate_name(name: &str, what: &str) -> Result<(), OneError> {
+    let bad = name.is_empty()
+        || name.chars().count() > 128
+        || name.chars().any(|c| "&|:\\\";/'#{}$<>\t\r\n".contains(c));
+    if bad {
+        let why = if name.is_empty() {
+            "cannot be empty"
+        } else if name.chars().count() > 128 {
+            "cannot be longer than 128 characters"
+        } else {
+            "cannot contain the following characters: & | : \\ \" ; / ' # { } $ < > \\t \\r \\n"
+        };
+        return Err(OneError::new(
+            ErrorCode::Internal,
+            format!("Invalid NAME, {what} {why}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Result of a state change request: the id the call returns.
+pub type CallResult = Result<i64, OneError>;
+
+impl Cloud {
+    /// An empty cloud with `hosts` hosts of `cores` cores and `mem_mb` MiB each.
+    pub fn new(vm_mad: &str, hosts: u32, cores: u32, mem_mb: u64, network: Network) -> Cloud {
+        let mut cloud = Cloud {
+            next_vm: 0,
+            next_host: 0,
+            next_template: 0,
+            vms: BTreeMap::new(),
+            hosts: BTreeMap::new(),
+            templates: BTreeMap::new(),
+            network,
+            vm_mad: vm_mad.to_string(),
+            default_host: (cores, mem_mb),
+            next_request_id: 1000,
+            timing: Timing::default(),
+        };
+        for n in 1..=hosts {
+            let name = format!("{vm_mad}-host-{n}");
+            let id = cloud.add_host(&name, vm_mad, vm_mad, cores, mem_mb);
+            if let Some(h) = cloud.hosts.get_mut(&id) {
+                h.state = HostState::Monitored;
+                h.prev_state = HostState::Monitored;
+            }
+        }
+        cloud
+    }
+
+    fn add_host(&mut self, name: &str, im: &str, vmm: &str, cores: u32, mem_mb: u64) -> u32 {
+        let id = self.next_host;
+        self.next_host += 1;
+        self.hosts.insert(
+            id,
+            Host {
+                id,
+                name: name.to_string(),
+                state: HostState::Init,
+                prev_state: HostState::Init,
+                im_mad: im.to_string(),
+                vm_mad: vmm.to_string(),
+                cluster_id: 0,
+                total_mem: mem_mb * 1024,
+                total_cpu: u64::from(cores) * 100,
+                mem_usage: 0,
+                cpu_usage: 0,
+                vms: Vec::new(),
+            },
+        );
+        id
+    }
+
+    fn request_id(&mut self) -> i64 {
+        self.next_request_id += 1;
+        self.next_request_id
+    }
+
+    fn vm_mut(&mut self, id: i64) -> Result<&mut Vm, OneError> {
+        u32::try_from(id)
+            .ok()
+            .and_then(|i| self.vms.get_mut(&i))
+            .ok_or_else(|| OneError::no_vm(id))
+    }
+
+    /// The VM with that id, or oned's NO_EXISTS error.
+    pub fn vm(&self, id: i64) -> Result<&Vm, OneError> {
+        u32::try_from(id)
+            .ok()
+            .and_then(|i| self.vms.get(&i))
+            .ok_or_else(|| OneError::no_vm(id))
+    }
+
+    /// The host with that id, or oned's NO_EXISTS error.
+    pub fn host(&self, id: i64) -> Result<&Host, OneError> {
+        u32::try_from(id)
+            .ok()
+            .and_then(|i| self.hosts.get(&i))
+            .ok_or_else(|| OneError::no_host(id))
+    }
+
+    /// one.vm.allocate.
+    pub fn allocate_vm(&mut self, text: &str, hold: bool, now_ms: u64) -> CallResult {
+        let tmpl =
+            Template::parse(text).map_err(|e| OneError::new(ErrorCode::Internal, e.to_string()))?;
+        self.create_vm(tmpl, None, hold, now_ms)
+    }
+
+    fn create_vm(
+        &mut self,
+        mut input: Template,
+        name: Option<String>,
+        hold: bool,
+        now_ms: u64,
+    ) -> CallResult {
+        validate_capacity(&input)?;
+        let name_attr = input.get("NAME").map(str::to_string);
+        input.remove("NAME");
+        let id = self.next_vm;
+        let name = name.or(name_attr).unwrap_or_else(|| format!("one-{id}"));
+        validate_name(&name, "NAME")?;
+
+        let mut template = Template::default();
+        let mut user_template = Template::default();
+        for attr in input.attrs {
+            let upper = attr.name().to_ascii_uppercase();
+            if TEMPLATE_ATTRS.contains(&upper.as_str()) {
+                template.attrs.push(attr);
+            } else {
+                user_template.attrs.push(attr);
+            }
+        }
+        let hold = hold
+            || user_template
+                .get("SUBMIT_ON_HOLD")
+                .is_some_and(|v| v.eq_ignore_ascii_case("yes"))
+            || template
+                .get("SUBMIT_ON_HOLD")
+                .is_some_and(|v| v.eq_ignore_ascii_case("yes"));
+        if hold {
+            template.set("SUBMIT_ON_HOLD", "YES");
+        }
+        template.set("AUTOMATIC_REQUIREMENTS", "!(PIN_POLICY = PINNED)");
+        template.set("VMID", &id.to_string());
+        template.set_vector(
+            "OS",
+            vec![
+                ("MACHINE".into(), "q35".into()),
+                ("UUID".into(), uuid_for(id, now_ms)),
+            ],
+        );
+
+        let ip = self.attach_nic(&mut template, id)?;
+        if let Err(e) = self.build_context(&mut template, id, &name, ip) {
+            if let Some(ip) = ip {
+                self.network.leases.remove(&ip);
+            }
+            return Err(e);
+        }
+        sort_template(&mut template);
+        sort_template(&mut user_template);
+
+        self.next_vm += 1;
+        let state = if hold {
+            VmState::Hold
+        } else {
+            VmState::Pending
+        };
+        self.vms.insert(
+            id,
+            Vm {
+                id,
+                name,
+                state,
+                lcm: LcmState::LCM_INIT,
+                prev_state: state,
+                prev_lcm: LcmState::LCM_INIT,
+                resched: false,
+                stime: now_secs(now_ms),
+                etime: 0,
+                deploy_id: String::new(),
+                template,
+                user_template,
+                history: Vec::new(),
+                host: None,
+                ip,
+                due_ms: 0,
+                op: DriverOp::Idle,
+                pending_call: None,
+                migrate_to: None,
+            },
+        );
+        Ok(i64::from(id))
+    }
+
+    /// Gives NIC 0 a lease on the simulator's network and fills what oned adds.
+    fn attach_nic(&mut self, t: &mut Template, vm_id: u32) -> Result<Option<Ipv4Addr>, OneError> {
+        let Some(pairs) = t.vector("NIC").map(<[(String, String)]>::to_vec) else {
+            return Ok(None);
+        };
+        let get = |k: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.clone())
+        };
+        let wants_ours = match (get("NETWORK_ID"), get("NETWORK")) {
+            (Some(id), _) => id.trim() == "0",
+            (None, Some(name)) => name == self.network.name,
+            (None, None) => false,
+        };
+        if !wants_ours {
+            let what = get("NETWORK_ID")
+                .or_else(|| get("NETWORK"))
+                .unwrap_or_default();
+            return Err(OneError::new(
+                ErrorCode::Internal,
+                format!("Error getting virtual network [{what}]."),
+            ));
+        }
+        let ip = self.network.lease(vm_id).ok_or_else(|| {
+            OneError::new(
+                ErrorCode::Internal,
+                "Not enough free addresses in an address range",
+            )
+        })?;
+        let mac = mac_for(ip);
+        let mut nic: BTreeMap<String, String> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_uppercase(), v))
+            .collect();
+        for (k, v) in [
+            ("AR_ID", "0".to_string()),
+            ("BRIDGE", self.network.name.clone()),
+            ("BRIDGE_TYPE", "linux".to_string()),
+            ("CLUSTER_ID", "0".to_string()),
+            ("IP", ip.to_string()),
+            ("MAC", mac),
+            ("NAME", "NIC0".to_string()),
+            ("NETWORK", self.network.name.clone()),
+            ("NETWORK_ID", "0".to_string()),
+            ("NIC_ID", "0".to_string()),
+            ("SECURITY_GROUPS", "0".to_string()),
+            ("TARGET", format!("one-{vm_id}-0")),
+            ("VN_MAD", "bridge".to_string()),
+        ] {
+            nic.insert(k.to_string(), v);
+        }
+        t.set_vector("NIC", nic.into_iter().collect());
+        Ok(Some(ip))
+    }
+
+    /// CONTEXT as oned finalises it: `$` variables expanded, DISK_ID/TARGET added, and the
+    /// ETH0_* keys with NETWORK=YES.
+    fn build_context(
+        &self,
+        t: &mut Template,
+        vm_id: u32,
+        name: &str,
+        ip: Option<Ipv4Addr>,
+    ) -> Result<(), OneError> {
+        let Some(pairs) = t.vector("CONTEXT").map(<[(String, String)]>::to_vec) else {
+            return Ok(());
+        };
+        let snapshot = t.clone();
+        let resolve = |var: &crate::one::template::VarRef| -> Option<String> {
+            use crate::one::template::VarRef;
+            match var {
+                VarRef::Simple(n) => match n.to_ascii_uppercase().as_str() {
+                    "VMID" => Some(vm_id.to_string()),
+                    "NAME" => Some(name.to_string()),
+                    "UID" | "GID" => Some("0".into()),
+                    "UNAME" | "GNAME" => Some("oneadmin".into()),
+                    other => snapshot.get(other).map(str::to_string),
+                },
+                VarRef::Attr { var, attr, .. } => {
+                    snapshot.vector_get(var, attr).map(str::to_string)
+                }
+            }
+        };
+        let expanded = crate::one::template::expand_context_vector(&pairs, &resolve)
+            .map_err(|e| OneError::new(ErrorCode::Internal, e.to_string()))?;
+        let mut ctx: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in expanded {
+            ctx.entry(k.to_ascii_uppercase()).or_insert(v);
+        }
+        ctx.insert("DISK_ID".into(), "0".into());
+        ctx.insert("TARGET".into(), "sda".into());
+        if ctx
+            .get("NETWORK")
+            .is_some_and(|v| v.eq_ignore_ascii_case("yes"))
+        {
+            if let Some(ip) = ip {
+                ctx.insert("ETH0_IP".into(), ip.to_string());
+                ctx.insert("ETH0_MAC".into(), mac_for(ip));
+                ctx.insert("ETH0_MASK".into(), self.network.mask_str());
+                ctx.insert("ETH0_GATEWAY".into(), self.network.gateway.to_string());
+                ctx.insert("ETH0_NETWORK".into(), self.network.address().to_string());
+                ctx.insert("ETH0_DNS".into(), String::new());
+            }
+        }
+        t.set_vector("CONTEXT", ctx.into_iter().collect());
+        Ok(())
+    }
+
+    /// one.template.allocate.
+    pub fn allocate_template(&mut self, text: &str, now_ms: u64) -> CallResult {
+        let mut tmpl =
+            Template::parse(text).map_err(|e| OneError::new(ErrorCode::Internal, e.to_string()))?;
+        let name = tmpl.get("NAME").map(str::to_string).unwrap_or_default();
+        if name.is_empty() {
+            return Err(OneError::new(ErrorCode::Internal, "No NAME in template."));
+        }
+        validate_name(&name, "NAME")?;
+        if let Some(other) = self.templates.values().find(|t| t.name == name) {
+            return Err(OneError::new(
+                ErrorCode::Internal,
+                format!("NAME is already taken by TEMPLATE {}.", other.id),
+            ));
+        }
+        tmpl.remove("NAME");
+        sort_template(&mut tmpl);
+        let id = self.next_template;
+        self.next_template += 1;
+        self.templates.insert(
+            id,
+            VmTemplate {
+                id,
+                name,
+                regtime: now_secs(now_ms),
+                template: tmpl,
+            },
+        );
+        Ok(i64::from(id))
+    }
+
+    /// one.template.instantiate.
+    pub fn instantiate(
+        &mut self,
+        tmpl_id: i64,
+        name: &str,
+        hold: bool,
+        extra: &str,
+        now_ms: u64,
+    ) -> CallResult {
+        let base = u32::try_from(tmpl_id)
+            .ok()
+            .and_then(|i| self.templates.get(&i))
+            .ok_or_else(|| OneError {
+                code: ErrorCode::NoExists,
+                message: format!("Error getting virtual machine template [{tmpl_id}]."),
+                resp_id: i32::try_from(tmpl_id).unwrap_or(-1),
+            })?
+            .clone();
+        let mut tmpl = base.template.clone();
+        if !extra.trim().is_empty() {
+            let extra = Template::parse(extra)
+                .map_err(|e| OneError::new(ErrorCode::Internal, e.to_string()))?;
+            tmpl.merge(&extra);
+        }
+        tmpl.set("TEMPLATE_ID", &base.id.to_string());
+        let name = if name.is_empty() {
+            format!("{}-{}", base.name, self.next_vm)
+        } else {
+            name.to_string()
+        };
+        self.create_vm(tmpl, Some(name), hold, now_ms)
+    }
+
+    /// one.host.allocate.
+    pub fn allocate_host(&mut self, name: &str, im: &str, vmm: &str, cluster: i32) -> CallResult {
+        validate_name(name, "NAME").map_err(|e| OneError::new(ErrorCode::Allocate, e.message))?;
+        if let Some(h) = self.hosts.values().find(|h| h.name == name) {
+            return Err(OneError::new(
+                ErrorCode::Allocate,
+                format!(
+                    "Error allocating a new host. NAME is already taken by HOST {}.",
+                    h.id
+                ),
+            ));
+        }
+        if cluster > 0 {
+            return Err(OneError {
+                code: ErrorCode::NoExists,
+                message: format!("Error getting cluster [{cluster}]."),
+                resp_id: cluster,
+            });
+        }
+        let (cores, mem) = self.default_host;
+        let id = self.add_host(name, im, vmm, cores, mem);
+        Ok(i64::from(id))
+    }
+
+    /// one.vm.update: type 0 replaces USER_TEMPLATE, 1 merges into it.
+    pub fn update_vm(&mut self, id: i64, text: &str, merge: bool) -> CallResult {
+        let vm = self.vm_mut(id)?;
+        let new = Template::parse(text).map_err(|e| OneError {
+            resp_id: -1,
+            ..OneError::new(ErrorCode::Action, e.to_string())
+        })?;
+        if merge {
+            vm.user_template.merge(&new);
+        } else {
+            vm.user_template = new;
+        }
+        sort_template(&mut vm.user_template);
+        Ok(id)
+    }
+
+    /// one.vm.action.
+    pub fn action(&mut self, action: &str, id: i64, now_ms: u64) -> CallResult {
+        const KNOWN: &[&str] = &[
+            "terminate",
+            "terminate-hard",
+            "undeploy",
+            "undeploy-hard",
+            "hold",
+            "release",
+            "stop",
+            "suspend",
+            "resume",
+            "reboot",
+            "reboot-hard",
+            "poweroff",
+            "poweroff-hard",
+            "resched",
+            "unresched",
+        ];
+        if !KNOWN.contains(&action) {
+            return Err(OneError::new(
+                ErrorCode::Action,
+                format!("Action \"{action}\" is not supported"),
+            ));
+        }
+        let request_id = self.request_id();
+        let step = self.timing_step();
+        let vm = self.vm_mut(id)?;
+        let not_available = || {
+            OneError::action(
+                action,
+                format!("This action is not available for state {}", vm.state_name()),
+            )
+        };
+        let s = vm.state;
+        let l = vm.lcm;
+        let hard = action.ends_with("-hard");
+        match action {
+            "terminate" | "terminate-hard" => {
+                let code = if hard {
+                    history_action::TERMINATE_HARD
+                } else {
+                    history_action::TERMINATE
+                };
+                match s {
+                    VmState::Done => return Ok(id),
+                    VmState::Pending
+                    | VmState::Hold
+                    | VmState::Init
+                    | VmState::Cloning
+                    | VmState::CloningFailure => {
+                        vm.set_state(VmState::Done, LcmState::LCM_INIT);
+                        vm.etime = now_secs(now_ms);
+                        self.finish_vm(id);
+                        return Ok(id);
+                    }
+                    VmState::Active
+                        if l == LcmState::RUNNING
+                            || l == LcmState::UNKNOWN
+                            || (hard && l == LcmState::SHUTDOWN) =>
+                    {
+                        close_history(vm, now_ms, code, request_id);
+                        vm.set_state(VmState::Active, LcmState::SHUTDOWN);
+                        schedule(vm, now_ms + step, Some(DriverCall::Destroy));
+                    }
+                    VmState::Active if l.is_failure() => {
+                        close_history(vm, now_ms, code, request_id);
+                        vm.set_state(VmState::Active, LcmState::CLEANUP_DELETE);
+                        schedule(vm, now_ms + step, Some(DriverCall::Destroy));
+                    }
+                    VmState::Poweroff
+                    | VmState::Suspended
+                    | VmState::Stopped
+                    | VmState::Undeployed => {
+                        close_history(vm, now_ms, code, request_id);
+                        vm.set_state(VmState::Active, LcmState::EPILOG);
+                        schedule(vm, now_ms + step, Some(DriverCall::Destroy));
+                    }
+                    _ => {
+                        return Err(OneError::action(
+                            action,
+                            format!(
+                                "Could not terminate VM {id}, wrong state {}.",
+                                vm.state_name()
+                            ),
+                        ))
+                    }
+                }
+            }
+            "poweroff" | "poweroff-hard" => {
+                let ok = vm.running()
+                    || vm.is(VmState::Active, LcmState::UNKNOWN)
+                    || (hard && vm.is(VmState::Active, LcmState::SHUTDOWN_POWEROFF));
+                if !ok {
+                    return Err(not_available());
+                }
+                let code = if hard {
+                    history_action::POWEROFF_HARD
+                } else {
+                    history_action::POWEROFF
+                };
+                set_history_action(vm, code, request_id);
+                vm.set_state(VmState::Active, LcmState::SHUTDOWN_POWEROFF);
+                schedule(vm, now_ms + step, Some(DriverCall::Destroy));
+            }
+            "undeploy" | "undeploy-hard" => {
+                let code = if hard {
+                    history_action::UNDEPLOY_HARD
+                } else {
+                    history_action::UNDEPLOY
+                };
+                if vm.running()
+                    || vm.is(VmState::Active, LcmState::UNKNOWN)
+                    || (hard && vm.is(VmState::Active, LcmState::SHUTDOWN_UNDEPLOY))
+                {
+                    set_history_action(vm, code, request_id);
+                    vm.set_state(VmState::Active, LcmState::SHUTDOWN_UNDEPLOY);
+                    schedule(vm, now_ms + step, Some(DriverCall::Destroy));
+                } else if s == VmState::Poweroff {
+                    set_history_action(vm, code, request_id);
+                    vm.set_state(VmState::Active, LcmState::EPILOG_UNDEPLOY);
+                    schedule(vm, now_ms + step, None);
+                } else {
+                    return Err(not_available());
+                }
+            }
+            "suspend" => {
+                if !vm.running() {
+                    return Err(not_available());
+                }
+                set_history_action(vm, history_action::SUSPEND, request_id);
+                vm.set_state(VmState::Active, LcmState::SAVE_SUSPEND);
+                schedule(vm, now_ms + step, Some(DriverCall::Suspend));
+            }
+            "stop" => {
+                if vm.running() {
+                    set_history_action(vm, history_action::STOP, request_id);
+                    vm.set_state(VmState::Active, LcmState::SAVE_STOP);
+                    schedule(vm, now_ms + step, Some(DriverCall::Destroy));
+                } else if s == VmState::Suspended {
+                    set_history_action(vm, history_action::STOP, request_id);
+                    vm.set_state(VmState::Active, LcmState::EPILOG_STOP);
+                    schedule(vm, now_ms + step, Some(DriverCall::Destroy));
+                } else {
+                    return Err(not_available());
+                }
+            }
+            "resume" => match s {
+                VmState::Suspended => {
+                    open_history_again(vm, now_ms);
+                    vm.set_state(VmState::Active, LcmState::BOOT_SUSPENDED);
+                    schedule(vm, now_ms + step, Some(DriverCall::Resume));
+                }
+                VmState::Poweroff => {
+                    open_history_again(vm, now_ms);
+                    vm.set_state(VmState::Active, LcmState::BOOT_POWEROFF);
+                    let boot = self.timing_boot();
+                    let vm = self.vm_mut(id)?;
+                    schedule(vm, now_ms + boot, Some(DriverCall::Boot));
+                }
+                VmState::Stopped | VmState::Undeployed => {
+                    vm.set_state(VmState::Pending, LcmState::LCM_INIT);
+                }
+                VmState::Active if l == LcmState::UNKNOWN => {
+                    vm.set_state(VmState::Active, LcmState::BOOT_UNKNOWN);
+                    schedule(vm, now_ms + step, None);
+                }
+                _ => return Err(not_available()),
+            },
+            "hold" => {
+                if s != VmState::Pending {
+                    return Err(not_available());
+                }
+                vm.set_state(VmState::Hold, LcmState::LCM_INIT);
+            }
+            "release" => {
+                if s != VmState::Hold {
+                    return Err(not_available());
+                }
+                vm.template.remove("SUBMIT_ON_HOLD");
+                vm.set_state(VmState::Pending, LcmState::LCM_INIT);
+            }
+            "reboot" | "reboot-hard" => {
+                if !vm.running() {
+                    return Err(not_available());
+                }
+                vm.resched = false;
+            }
+            "resched" | "unresched" => {
+                let ok = vm.running()
+                    || vm.is(VmState::Active, LcmState::UNKNOWN)
+                    || s == VmState::Poweroff;
+                if !ok {
+                    return Err(not_available());
+                }
+                vm.resched = action == "resched";
+            }
+            _ => return Err(not_available()),
+        }
+        Ok(id)
+    }
+
+    fn timing_step(&self) -> u64 {
+        self.timing.step_ms
+    }
+
+    fn timing_boot(&self) -> u64 {
+        self.timing.boot_ms
+    }
+
+    /// one.vm.deploy.
+    pub fn deploy(&mut self, id: i64, host_id: i64, enforce: bool, now_ms: u64) -> CallResult {
+        let host = self.host(host_id)?.clone();
+        let vm = self.vm(id)?;
+        let deployable = matches!(
+            vm.state,
+            VmState::Pending | VmState::Hold | VmState::Stopped | VmState::Undeployed
+        );
+        if !deployable {
+            return Err(OneError::new(
+                ErrorCode::Action,
+                format!(
+                    "Deploy action is not available for state {}",
+                    vm.state_name()
+                ),
+            ));
+        }
+        let (cpu100, mem) = (cpu_units(vm.cpu()), vm.memory_mb() * 1024);
+        if enforce && !host.fits(cpu100, mem) {
+            return Err(OneError::new(
+                ErrorCode::Action,
+                format!(
+                    "Host {} does not have enough capacity for VM {id}: CPU {}/{}, MEMORY {}/{} KB",
+                    host.id,
+                    host.cpu_usage + cpu100,
+                    host.total_cpu,
+                    host.mem_usage + mem,
+                    host.total_mem
+                ),
+            ));
+        }
+        self.place(id_u32(id), host.id, now_ms);
+        Ok(id)
+    }
+
+    /// one.vm.migrate.
+    pub fn migrate(
+        &mut self,
+        id: i64,
+        host_id: i64,
+        live: bool,
+        enforce: bool,
+        now_ms: u64,
+    ) -> CallResult {
+        let host = self.host(host_id)?.clone();
+        let step = self.timing_step();
+        let request_id = self.request_id();
+        let vm = self.vm(id)?;
+        let ok = if live {
+            vm.running()
+        } else {
+            vm.running() || matches!(vm.state, VmState::Poweroff | VmState::Suspended)
+        };
+        if !ok {
+            let what = if live { "live-migrate" } else { "migrate" };
+            return Err(OneError::action(
+                what,
+                format!("This action is not available for state {}", vm.state_name()),
+            ));
+        }
+        if vm.host == Some(host.id) {
+            return Err(OneError::new(
+                ErrorCode::Action,
+                format!(
+                    "VM is already running on host [{}] and datastore [0]",
+                    host.id
+                ),
+            ));
+        }
+        let (cpu100, mem) = (cpu_units(vm.cpu()), vm.memory_mb() * 1024);
+        if enforce && !host.fits(cpu100, mem) {
+            return Err(OneError::new(
+                ErrorCode::Action,
+                format!("Host {} does not have enough capacity for VM {id}", host.id),
+            ));
+        }
+        let vm_id = id_u32(id);
+        self.reserve(host.id, vm_id, cpu100, mem);
+        let vm = self.vm_mut(id)?;
+        vm.migrate_to = Some(host.id);
+        let code = if live {
+            history_action::LIVE_MIGRATE
+        } else {
+            history_action::MIGRATE
+        };
+        set_history_action(vm, code, request_id);
+        match (live, vm.state) {
+            (true, _) => {
+                vm.set_state(VmState::Active, LcmState::MIGRATE);
+                schedule(vm, now_ms + step, None);
+            }
+            (false, VmState::Poweroff) => {
+                vm.set_state(VmState::Active, LcmState::PROLOG_MIGRATE_POWEROFF);
+                schedule(vm, now_ms + step, None);
+            }
+            (false, VmState::Suspended) => {
+                vm.set_state(VmState::Active, LcmState::PROLOG_MIGRATE_SUSPEND);
+                schedule(vm, now_ms + step, None);
+            }
+            _ => {
+                vm.set_state(VmState::Active, LcmState::SAVE_MIGRATE);
+                schedule(vm, now_ms + step, Some(DriverCall::Suspend));
+            }
+        }
+        Ok(id)
+    }
+
+    /// one.vm.resize. `hotplug` says whether the driver can resize a running VM.
+    pub fn resize(
+        &mut self,
+        id: i64,
+        text: &str,
+        enforce: bool,
+        hotplug: bool,
+        now_ms: u64,
+    ) -> CallResult {
+        let new =
+            Template::parse(text).map_err(|e| OneError::new(ErrorCode::Internal, e.to_string()))?;
+        let step = self.timing_step();
+        let vm = self.vm(id)?.clone();
+        let offline = matches!(
+            vm.state,
+            VmState::Poweroff | VmState::Undeployed | VmState::Pending | VmState::Hold
+        ) || (vm.state == VmState::Active && vm.lcm.is_failure());
+        if !offline && !vm.running() {
+            return Err(OneError::new(
+                ErrorCode::Action,
+                format!(
+                    "Resize action is not available for state {}",
+                    vm.state_name()
+                ),
+            ));
+        }
+        if vm.running() && !hotplug {
+            return Err(OneError::new(
+                ErrorCode::Action,
+                format!("Hotplug resize not supported by driver {}", self.vm_mad),
+            ));
+        }
+        let mut t = vm.template.clone();
+        for key in ["CPU", "MEMORY", "VCPU"] {
+            if let Some(v) = new.get(key) {
+                t.set(key, v);
+            }
+        }
+        validate_capacity(&t)?;
+        let (old_cpu, old_mem) = (cpu_units(vm.cpu()), vm.memory_mb() * 1024);
+        let new_cpu = cpu_units(t.get("CPU").and_then(|v| v.parse().ok()).unwrap_or(0.0));
+        let new_mem = t
+            .get("MEMORY")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024;
+        if let Some(hid) = vm.host {
+            if let Some(h) = self.hosts.get(&hid) {
+                let cpu_after = (h.cpu_usage + new_cpu).saturating_sub(old_cpu);
+                let mem_after = (h.mem_usage + new_mem).saturating_sub(old_mem);
+                if enforce && (cpu_after > h.total_cpu || mem_after > h.total_mem) {
+                    return Err(OneError::new(
+                        ErrorCode::Action,
+                        format!("Host {hid} does not have enough capacity to resize VM {id}"),
+                    ));
+                }
+            }
+            if let Some(h) = self.hosts.get_mut(&hid) {
+                h.cpu_usage = (h.cpu_usage + new_cpu).saturating_sub(old_cpu);
+                h.mem_usage = (h.mem_usage + new_mem).saturating_sub(old_mem);
+            }
+        }
+        let vm = self.vm_mut(id)?;
+        vm.template = t;
+        sort_template(&mut vm.template);
+        if vm.running() {
+            vm.set_state(VmState::Active, LcmState::HOTPLUG_RESIZE);
+            schedule(vm, now_ms + step, None);
+        }
+        Ok(id)
+    }
+
+    /// Sends a VM to a failure LCM state (fault injection).
+    pub fn force_failure(&mut self, id: i64, lcm: LcmState, why: &str, now_ms: u64) -> CallResult {
+        let vm = self.vm_mut(id)?;
+        vm.set_state(VmState::Active, lcm);
+        vm.pending_call = None;
+        vm.op = DriverOp::Idle;
+        vm.due_ms = u64::MAX;
+        set_error(vm, why, now_ms);
+        Ok(id)
+    }
+
+    fn reserve(&mut self, host: u32, vm: u32, cpu100: u64, mem: u64) {
+        if let Some(h) = self.hosts.get_mut(&host) {
+            h.cpu_usage += cpu100;
+            h.mem_usage += mem;
+            if !h.vms.contains(&vm) {
+                h.vms.push(vm);
+                h.vms.sort_unstable();
+            }
+        }
+    }
+
+    fn unreserve(&mut self, host: u32, vm: u32, cpu100: u64, mem: u64) {
+        if let Some(h) = self.hosts.get_mut(&host) {
+            h.cpu_usage = h.cpu_usage.saturating_sub(cpu100);
+            h.mem_usage = h.mem_usage.saturating_sub(mem);
+            h.vms.retain(|v| *v != vm);
+        }
+    }
+
+    /// Releases the VM's host capacity.
+    fn release_host(&mut self, id: u32) {
+        let Some(vm) = self.vms.get_mut(&id) else {
+            return;
+        };
+        let (cpu, mem) = (cpu_units(vm.cpu()), vm.memory_mb() * 1024);
+        if let Some(h) = vm.host.take() {
+            self.unreserve(h, id, cpu, mem);
+        }
+    }
+
+    /// A VM reached DONE: give back its host and its lease.
+    fn finish_vm(&mut self, id: i64) {
+        let id = id_u32(id);
+        self.release_host(id);
+        self.network.leases.retain(|_, v| *v != id);
+    }
+
+    /// Puts a PENDING (or HOLD, STOPPED, UNDEPLOYED) VM on a host: PROLOG starts.
+    fn place(&mut self, id: u32, host_id: u32, now_ms: u64) {
+        let step = self.timing_step();
+        let Some(host) = self.hosts.get(&host_id).cloned() else {
+            return;
+        };
+        let Some(vm) = self.vms.get(&id) else { return };
+        let (cpu, mem) = (cpu_units(vm.cpu()), vm.memory_mb() * 1024);
+        let from_stop = matches!(vm.state, VmState::Stopped)
+            || (vm.state == VmState::Pending && vm.prev_state == VmState::Stopped);
+        let from_undeploy = matches!(vm.state, VmState::Undeployed)
+            || (vm.state == VmState::Pending && vm.prev_state == VmState::Undeployed);
+        self.reserve(host_id, id, cpu, mem);
+        let Some(vm) = self.vms.get_mut(&id) else {
+            return;
+        };
+        vm.host = Some(host_id);
+        vm.deploy_id = format!("{}:{}:{}", host.name, vm.name, host.vm_mad);
+        vm.template.set("TM_MAD_SYSTEM", &host.vm_mad);
+        vm.template.remove("SUBMIT_ON_HOLD");
+        sort_template(&mut vm.template);
+        if let Some(last) = vm.history.last_mut() {
+            if last.etime == 0 {
+                last.etime = now_secs(now_ms);
+            }
+        }
+        let t = now_secs(now_ms);
+        vm.history.push(History {
+            seq: u32::try_from(vm.history.len()).unwrap_or(u32::MAX),
+            hostname: host.name.clone(),
+            hid: host.id,
+            vm_mad: host.vm_mad.clone(),
+            stime: t,
+            etime: 0,
+            pstime: t,
+            petime: 0,
+            rstime: 0,
+            retime: 0,
+            estime: 0,
+            eetime: 0,
+            action: history_action::NONE,
+            uid: -1,
+            gid: -1,
+            request_id: -1,
+        });
+        let lcm = if from_stop {
+            LcmState::PROLOG_RESUME
+        } else if from_undeploy {
+            LcmState::PROLOG_UNDEPLOY
+        } else {
+            LcmState::PROLOG
+        };
+        vm.set_state(VmState::Active, lcm);
+        schedule(vm, now_ms + step, None);
+    }
+
+    /// The scheduler: places PENDING VMs (lowest id first) on the first host with room.
+    /// A VM that fits nowhere stays PENDING with SCHED_MESSAGE saying why.
+    pub fn schedule_pending(&mut self, now_ms: u64) {
+        let pending: Vec<u32> = self
+            .vms
+            .values()
+            .filter(|v| v.state == VmState::Pending)
+            .map(|v| v.id)
+            .collect();
+        for id in pending {
+            let Some(vm) = self.vms.get(&id) else {
+                continue;
+            };
+            let (cpu, mem) = (cpu_units(vm.cpu()), vm.memory_mb() * 1024);
+            let host = self.hosts.values().find(|h| h.fits(cpu, mem)).map(|h| h.id);
+            match host {
+                Some(h) => {
+                    if let Some(vm) = self.vms.get_mut(&id) {
+                        vm.user_template.remove("SCHED_MESSAGE");
+                    }
+                    self.place(id, h, now_ms);
+                }
+                None => {
+                    if let Some(vm) = self.vms.get_mut(&id) {
+                        if vm.user_template.get("SCHED_MESSAGE").is_none() {
+                            let msg = format!(
+                                "{} : Cannot dispatch VM: No host with enough capacity to deploy the VM",
+                                log_time(now_ms)
+                            );
+                            vm.user_template.set("SCHED_MESSAGE", &msg);
+                            sort_template(&mut vm.user_template);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves every VM whose transitional state is over (time up, driver done) to its next
+    /// state. VMs entering a state that needs the driver get `pending_call` set.
+    pub fn advance(&mut self, now_ms: u64) {
+        let due: Vec<u32> = self
+            .vms
+            .values()
+            .filter(|v| {
+                v.state == VmState::Active
+                    && v.due_ms <= now_ms
+                    && v.pending_call.is_none()
+                    && v.op != DriverOp::Busy
+                    && (v.lcm != LcmState::RUNNING)
+                    && !v.lcm.is_failure()
+            })
+            .map(|v| v.id)
+            .collect();
+        for id in due {
+            self.step_vm(id, now_ms);
+        }
+    }
+
+    fn step_vm(&mut self, id: u32, now_ms: u64) {
+        let step = self.timing_step();
+        let boot = self.timing_boot();
+        let Some(vm) = self.vms.get_mut(&id) else {
+            return;
+        };
+        if let DriverOp::Failed(why) = vm.op.clone() {
+            vm.op = DriverOp::Idle;
+            let fail = match vm.lcm {
+                LcmState::PROLOG | LcmState::PROLOG_RESUME | LcmState::PROLOG_UNDEPLOY => {
+                    LcmState::PROLOG_FAILURE
+                }
+                LcmState::EPILOG | LcmState::SHUTDOWN | LcmState::CLEANUP_DELETE => {
+                    LcmState::EPILOG_FAILURE
+                }
+                _ => LcmState::BOOT_FAILURE,
+            };
+            vm.set_state(VmState::Active, fail);
+            vm.due_ms = u64::MAX;
+            set_error(vm, &why, now_ms);
+            return;
+        }
+        let t = now_secs(now_ms);
+        match vm.lcm {
+            LcmState::PROLOG | LcmState::PROLOG_RESUME | LcmState::PROLOG_UNDEPLOY => {
+                let next = match vm.lcm {
+                    LcmState::PROLOG_RESUME => LcmState::BOOT_STOPPED,
+                    LcmState::PROLOG_UNDEPLOY => LcmState::BOOT_UNDEPLOY,
+                    _ => LcmState::BOOT,
+                };
+                if let Some(h) = vm.history.last_mut() {
+                    h.petime = t;
+                    h.rstime = t;
+                }
+                vm.set_state(VmState::Active, next);
+                schedule(vm, now_ms + boot, Some(DriverCall::Boot));
+            }
+            LcmState::BOOT
+            | LcmState::BOOT_STOPPED
+            | LcmState::BOOT_UNDEPLOY
+            | LcmState::BOOT_POWEROFF
+            | LcmState::BOOT_SUSPENDED
+            | LcmState::BOOT_UNKNOWN
+            | LcmState::BOOT_MIGRATE
+            | LcmState::HOTPLUG_RESIZE => {
+                vm.set_state(VmState::Active, LcmState::RUNNING);
+                vm.due_ms = 0;
+            }
+            LcmState::MIGRATE => {
+                self.finish_migration(id, now_ms);
+                if let Some(vm) = self.vms.get_mut(&id) {
+                    vm.set_state(VmState::Active, LcmState::RUNNING);
+                }
+            }
+            LcmState::SAVE_MIGRATE => {
+                vm.set_state(VmState::Active, LcmState::PROLOG_MIGRATE);
+                schedule(vm, now_ms + step, None);
+            }
+            LcmState::PROLOG_MIGRATE => {
+                self.finish_migration(id, now_ms);
+                if let Some(vm) = self.vms.get_mut(&id) {
+                    vm.set_state(VmState::Active, LcmState::BOOT_MIGRATE);
+                    schedule(vm, now_ms + step, Some(DriverCall::Resume));
+                }
+            }
+            LcmState::PROLOG_MIGRATE_POWEROFF => {
+                self.finish_migration(id, now_ms);
+                if let Some(vm) = self.vms.get_mut(&id) {
+                    vm.set_state(VmState::Poweroff, LcmState::LCM_INIT);
+                }
+            }
+            LcmState::PROLOG_MIGRATE_SUSPEND => {
+                self.finish_migration(id, now_ms);
+                if let Some(vm) = self.vms.get_mut(&id) {
+                    vm.set_state(VmState::Suspended, LcmState::LCM_INIT);
+                }
+            }
+            LcmState::SHUTDOWN => {
+                if let Some(h) = vm.history.last_mut() {
+                    h.retime = t;
+                    h.estime = t;
+                }
+                vm.set_state(VmState::Active, LcmState::EPILOG);
+                schedule(vm, now_ms + step, None);
+            }
+            LcmState::EPILOG | LcmState::CLEANUP_DELETE => {
+                if let Some(h) = vm.history.last_mut() {
+                    h.etime = t;
+                    h.eetime = t;
+                    if h.estime == 0 {
+                        h.estime = t;
+                    }
+                }
+                vm.set_state(VmState::Done, LcmState::LCM_INIT);
+                vm.etime = t;
+                vm.due_ms = 0;
+                self.finish_vm(i64::from(id));
+            }
+            LcmState::SHUTDOWN_POWEROFF => {
+                if let Some(h) = vm.history.last_mut() {
+                    h.retime = t;
+                }
+                vm.set_state(VmState::Poweroff, LcmState::LCM_INIT);
+            }
+            LcmState::SAVE_SUSPEND => {
+                if let Some(h) = vm.history.last_mut() {
+                    h.retime = t;
+                }
+                vm.set_state(VmState::Suspended, LcmState::LCM_INIT);
+            }
+            LcmState::SAVE_STOP => {
+                if let Some(h) = vm.history.last_mut() {
+                    h.retime = t;
+                }
+                vm.set_state(VmState::Active, LcmState::EPILOG_STOP);
+                schedule(vm, now_ms + step, None);
+            }
+            LcmState::EPILOG_STOP | LcmState::EPILOG_UNDEPLOY => {
+                let next = if vm.lcm == LcmState::EPILOG_STOP {
+                    VmState::Stopped
+                } else {
+                    VmState::Undeployed
+                };
+                if let Some(h) = vm.history.last_mut() {
+                    h.etime = t;
+                    h.estime = t;
+                    h.eetime = t;
+                    if h.retime == 0 {
+                        h.retime = t;
+                    }
+                }
+                vm.set_state(next, LcmState::LCM_INIT);
+                self.release_host(id);
+            }
+            LcmState::SHUTDOWN_UNDEPLOY => {
+                vm.set_state(VmState::Active, LcmState::EPILOG_UNDEPLOY);
+                schedule(vm, now_ms + step, None);
+            }
+            _ => {
+                vm.due_ms = u64::MAX;
+            }
+        }
+    }
+
+    /// Moves the VM's stay (history, deploy id, capacity) to the migration target.
+    fn finish_migration(&mut self, id: u32, now_ms: u64) {
+        let Some(vm) = self.vms.get(&id) else { return };
+        let Some(to) = vm.migrate_to else { return };
+        let from = vm.host;
+        let (cpu, mem) = (cpu_units(vm.cpu()), vm.memory_mb() * 1024);
+        if let Some(from) = from {
+            self.unreserve(from, id, cpu, mem);
+        }
+        let Some(host) = self.hosts.get(&to).cloned() else {
+            return;
+        };
+        let Some(vm) = self.vms.get_mut(&id) else {
+            return;
+        };
+        let t = now_secs(now_ms);
+        if let Some(h) = vm.history.last_mut() {
+            h.etime = t;
+            h.retime = t;
+        }
+        vm.history.push(History {
+            seq: u32::try_from(vm.history.len()).unwrap_or(u32::MAX),
+            hostname: host.name.clone(),
+            hid: host.id,
+            vm_mad: host.vm_mad.clone(),
+            stime: t,
+            etime: 0,
+            pstime: t,
+            petime: t,
+            rstime: t,
+            retime: 0,
+            estime: 0,
+            eetime: 0,
+            action: history_action::NONE,
+            uid: -1,
+            gid: -1,
+            request_id: -1,
+        });
+        vm.host = Some(to);
+        vm.migrate_to = None;
+        vm.deploy_id = format!("{}:{}:{}", host.name, vm.name, host.vm_mad);
+    }
+
+    /// Records READY=YES in the USER_TEMPLATE, as OneGate does for REPORT_READY.
+    pub fn report_ready(&mut self, id: u32) {
+        if let Some(vm) = self.vms.get_mut(&id) {
+            if vm.user_template.get("READY").is_none() {
+                vm.user_template.set("READY", "YES");
+                sort_template(&mut vm.user_template);
+            }
+        }
+    }
+
+    /// Ids of the VMs a pool call lists, in oned's order (descending id), or its error.
+    pub fn pool_ids(&self, f: PoolFilter) -> Result<Vec<u32>, OneError> {
+        if f.filter < -4 {
+            return Err(OneError::new(ErrorCode::XmlRpcApi, "Incorrect filter_flag"));
+        }
+        if !(-2..=11).contains(&f.state) {
+            return Err(OneError::new(
+                ErrorCode::XmlRpcApi,
+                format!("Incorrect state filter {}", f.state),
+            ));
+        }
+        let state_ok = |v: &Vm| match f.state {
+            -2 => true,
+            -1 => v.state != VmState::Done,
+            s => v.state.number() == s,
+        };
+        // Every VM belongs to oneadmin (uid 0, group 0): the negative filters all match it,
+        // a uid filter only for uid 0.
+        let uid_ok = f.filter <= 0;
+        let mut ids: Vec<u32> = self
+            .vms
+            .values()
+            .filter(|v| uid_ok && state_ok(v))
+            .map(|v| v.id)
+            .collect();
+        if f.end < -1 {
+            // Pagination: LIMIT offset, -end over ascending ids, then oned's order.
+            let offset = usize::try_from(f.start.max(0)).unwrap_or(0);
+            let size = usize::try_from(-i64::from(f.end)).unwrap_or(0);
+            ids = ids.into_iter().skip(offset).take(size).collect();
+        } else if f.start != -1 || f.end != -1 {
+            let start = i64::from(f.start);
+            let end = if f.end == -1 {
+                i64::MAX
+            } else {
+                i64::from(f.end)
+            };
+            ids.retain(|id| i64::from(*id) >= start && i64::from(*id) <= end);
+        }
+        ids.reverse();
+        Ok(ids)
+    }
+}
+
+fn schedule(vm: &mut Vm, due_ms: u64, call: Option<DriverCall>) {
+    vm.due_ms = due_ms;
+    vm.pending_call = call;
+    vm.op = DriverOp::Idle;
+}
+
+fn set_history_action(vm: &mut Vm, action: u32, request_id: i64) {
+    if let Some(h) = vm.history.last_mut() {
+        h.action = action;
+        h.uid = 0;
+        h.gid = 0;
+        h.request_id = request_id;
+    }
+}
+
+fn close_history(vm: &mut Vm, now_ms: u64, action: u32, request_id: i64) {
+    set_history_action(vm, action, request_id);
+    if let Some(h) = vm.history.last_mut() {
+        if h.retime == 0 {
+            h.retime = now_secs(now_ms);
+        }
+    }
+}
+
+/// Resume after suspend/poweroff: oned closes the old record and opens a new one.
+fn open_history_again(vm: &mut Vm, now_ms: u64) {
+    let t = now_secs(now_ms);
+    let Some(last) = vm.history.last_mut() else {
+        return;
+    };
+    last.etime = t;
+    let next = History {
+        seq: last.seq + 1,
+        hostname: last.hostname.clone(),
+        hid: last.hid,
+        vm_mad: last.vm_mad.clone(),
+        stime: t,
+        etime: 0,
+        pstime: 0,
+        petime: 0,
+        rstime: t,
+        retime: 0,
+        estime: 0,
+        eetime: 0,
+        action: history_action::NONE,
+        uid: -1,
+        gid: -1,
+        request_id: -1,
+    };
+    vm.history.push(next);
+}
+
+fn set_error(vm: &mut Vm, why: &str, now_ms: u64) {
+    vm.user_template
+        .set("ERROR", &format!("{} : {why}", log_time(now_ms)));
+    sort_template(&mut vm.user_template);
+}
+
+/// oned's `one_util::log_time()` format, e.g. `Thu Nov 26 07:04:42 2026`.
+pub fn log_time(now_ms: u64) -> String {
+    let secs = now_ms / 1000;
+    let days = i64::try_from(secs / 86400).unwrap_or(0);
+    let rem = secs % 86400;
+    let (y, m, d) = civil_from_days(days);
+    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MO: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let wd = WD[usize::try_from(days.rem_euclid(7)).unwrap_or(0)];
+    let mo = MO[usize::try_from(m - 1).unwrap_or(0)];
+    format!(
+        "{wd} {mo} {d:02} {:02}:{:02}:{:02} {y}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// CPU share in host units (100 per core), rounded as oned stores it.
+pub fn cpu_units(cpu: f64) -> u64 {
+    let v = (cpu * 100.0).round();
+    if v.is_finite() && v > 0.0 {
+        // Bounded by the check above; CPU values beyond u64 are not meaningful.
+        v.min(u64::MAX as f64) as u64
+    } else {
+        0
+    }
+}
+
+fn id_u32(id: i64) -> u32 {
+    u32::try_from(id).unwrap_or(u32::MAX)
+}
+
+/// oned keeps template attributes in byte-wise name order (a multimap), vector keys too.
+pub fn sort_template(t: &mut Template) {
+    t.attrs
+        .sort_by(|a, b| a.name().as_bytes().cmp(b.name().as_bytes()));
+    for a in &mut t.attrs {
+        if let Attribute::Vector { pairs, .. } = a {
+            pairs.sort_by(|x, y| x.0.as_bytes().cmp(y.0.as_bytes()));
+        }
+    }
+}
+
+/// A MAC in OpenNebula's default prefix 02:00 followed by the IPv4 address.
+pub fn mac_for(ip: Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
+/// A stable UUID-shaped id for the VM's OS/UUID (no RNG needed: it only has to be unique).
+fn uuid_for(id: u32, now_ms: u64) -> String {
+    let mut x = u64::from(id) ^ now_ms.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let a = next();
+    let b = next();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        0x8000 | ((b >> 48) & 0x3fff),
+        b & 0xffff_ffff_ffff
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cloud() -> Cloud {
+        let mut c = Cloud::new(
+            "dummy",
+            2,
+            8,
+            16384,
+            Network {
+                name: "onebr0".into(),
+                gateway: Ipv4Addr::new(10, 77, 0, 1),
+                prefix_len: 24,
+                leases: BTreeMap::new(),
+            },
+        );
+        c.timing = Timing {
+            boot_ms: 100,
+            step_ms: 10,
+        };
+        c
+    }
+
+    fn run_until_stable(c: &mut Cloud, mut now: u64) -> u64 {
+        for _ in 0..50 {
+            c.schedule_pending(now);
+            c.advance(now);
+            for vm in c.vms.values_mut() {
+                vm.pending_call = None;
+            }
+            now += 20;
+        }
+        now
+    }
+
+    #[test]
+    fn allocated_vm_is_placed_and_reaches_running() {
+        let mut c = cloud();
+        let id = c
+            .allocate_vm("MEMORY=512\nCPU=0.25\nVCPU=2\n", false, 1_000)
+            .unwrap();
+        assert_eq!(c.vm(id).unwrap().state, VmState::Pending);
+        c.schedule_pending(1_000);
+        assert_eq!(c.vm(id).unwrap().lcm, LcmState::PROLOG);
+        run_until_stable(&mut c, 1_000);
+        let vm = c.vm(id).unwrap();
+        assert_eq!((vm.state, vm.lcm), (VmState::Active, LcmState::RUNNING));
+        let host = c.host(i64::from(vm.host.unwrap())).unwrap();
+        assert_eq!(host.cpu_usage, 25);
+        assert_eq!(host.mem_usage, 512 * 1024);
+    }
+
+    #[test]
+    fn vm_too_big_for_every_host_stays_pending_with_a_reason() {
+        let mut c = cloud();
+        let id = c.allocate_vm("MEMORY=999999\nCPU=1\n", false, 0).unwrap();
+        run_until_stable(&mut c, 0);
+        let vm = c.vm(id).unwrap();
+        assert_eq!(vm.state, VmState::Pending);
+        assert!(vm
+            .user_template
+            .get("SCHED_MESSAGE")
+            .unwrap()
+            .contains("Cannot dispatch"));
+    }
+
+    #[test]
+    fn terminate_of_running_vm_ends_done_and_frees_the_host() {
+        let mut c = cloud();
+        let id = c.allocate_vm("MEMORY=512\nCPU=1\n", false, 0).unwrap();
+        let now = run_until_stable(&mut c, 0);
+        c.action("terminate", id, now).unwrap();
+        assert_eq!(c.vm(id).unwrap().lcm, LcmState::SHUTDOWN);
+        run_until_stable(&mut c, now);
+        assert_eq!(c.vm(id).unwrap().state, VmState::Done);
+        assert!(c
+            .hosts
+            .values()
+            .all(|h| h.cpu_usage == 0 && h.vms.is_empty()));
+    }
+
+    #[test]
+    fn terminate_during_boot_is_refused_with_onedss_message() {
+        let mut c = cloud();
+        let id = c.allocate_vm("MEMORY=512\nCPU=1\n", false, 0).unwrap();
+        c.schedule_pending(0);
+        c.advance(100);
+        let err = c.action("terminate", id, 100).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Action);
+        assert_eq!(
+            err.message,
+            format!("Error performing action \"terminate\": Could not terminate VM {id}, wrong state BOOT.")
+        );
+    }
+
+    #[test]
+    fn missing_memory_is_an_internal_error() {
+        let mut c = cloud();
+        let err = c.allocate_vm("CPU=1", false, 0).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Internal);
+        assert_eq!(
+            err.message,
+            "MEMORY attribute must be a positive integer value."
+        );
+    }
+
+    #[test]
+    fn pool_filter_hides_done_unless_asked() {
+        let mut c = cloud();
+        let a = c.allocate_vm("MEMORY=1\nCPU=1\n", false, 0).unwrap();
+        let b = c.allocate_vm("MEMORY=1\nCPU=1\n", false, 0).unwrap();
+        c.action("terminate", a, 0).unwrap();
+        let f = |state| PoolFilter {
+            filter: -2,
+            start: -1,
+            end: -1,
+            state,
+        };
+        assert_eq!(c.pool_ids(f(-1)).unwrap(), vec![id_u32(b)]);
+        assert_eq!(c.pool_ids(f(-2)).unwrap(), vec![id_u32(b), id_u32(a)]);
+        assert_eq!(c.pool_ids(f(6)).unwrap(), vec![id_u32(a)]);
+        assert!(c.pool_ids(f(12)).is_err());
+    }
+
+    #[test]
+    fn log_time_matches_ctime_layout() {
+        assert_eq!(log_time(0), "Thu Jan 01 00:00:00 1970");
+        assert_eq!(log_time(1_795_676_531_000), "Thu Nov 26 07:02:11 2026");
+    }
+}
