@@ -60,6 +60,11 @@ mod defaults {
     pub const CONCURRENCY: u32 = 4;
     pub const WAIT_READY: bool = true;
     pub const MAX_PROLOG_ATTEMPTS: u32 = 3;
+    pub const ORPHAN_GRACE: Duration = Duration::from_secs(90);
+    /// Starts the node's slurmd detached, so it outlives contextualization.
+    pub const START_SCRIPT: &str = "#!/bin/sh\n\
+        # Run by OpenNebula contextualization inside the VM: start this node's slurmd.\n\
+        setsid slurmd -N {node} </dev/null >/dev/null 2>&1 &\n";
     pub const SYSLOG_FACILITY: SyslogFacility = SyslogFacility::Daemon;
     pub const LOG_LEVEL: LogLevel = LogLevel::Info;
 }
@@ -174,6 +179,11 @@ pub struct ProvisioningSettings {
     pub wait_ready: bool,
     /// After this many failed provisionings of a job it is held instead of requeued; at least 1.
     pub max_prolog_attempts: u32,
+    /// Shell script the VM runs at boot (CONTEXT START_SCRIPT_BASE64); `{node}` becomes the
+    /// SLURM node name. It must start that node's slurmd.
+    pub start_script: String,
+    /// Reconcile leaves a tagged VM without a job alone for this long after its creation.
+    pub orphan_grace: Duration,
 }
 
 /// `[logging]`.
@@ -728,6 +738,8 @@ struct RawProvisioning {
     concurrency: Option<u32>,
     wait_ready: Option<bool>,
     max_prolog_attempts: Option<u32>,
+    start_script: Option<String>,
+    orphan_grace: Option<DurationText>,
 }
 
 #[derive(Default, Deserialize)]
@@ -1210,6 +1222,24 @@ fn build_provisioning(table: Table, file: &Path) -> Result<ProvisioningSettings,
             defaults::MAX_PROLOG_ATTEMPTS,
             "provisioning.max_prolog_attempts",
         )?,
+        start_script: match raw.start_script {
+            Some(s) if !s.contains("{node}") => {
+                return Err(ConfigError::Invalid {
+                    file: file.to_path_buf(),
+                    key: "provisioning.start_script".into(),
+                    value: s.lines().next().unwrap_or("").to_string(),
+                    expected: "a script containing {node}, where the SLURM node name goes".into(),
+                })
+            }
+            Some(s) => s,
+            None => defaults::START_SCRIPT.to_string(),
+        },
+        orphan_grace: duration(
+            raw.orphan_grace,
+            defaults::ORPHAN_GRACE,
+            "provisioning.orphan_grace",
+            file,
+        )?,
     })
 }
 
@@ -1319,6 +1349,8 @@ mod tests {
                 concurrency: 4,
                 wait_ready: true,
                 max_prolog_attempts: 3,
+                start_script: defaults::START_SCRIPT.to_string(),
+                orphan_grace: Duration::from_secs(90),
             }
         );
         assert_eq!(

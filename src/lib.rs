@@ -9,7 +9,12 @@
 //!   placement, the `dummy` and `ns` drivers, fault injection).
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod config;
+pub mod logging;
 pub mod mapping;
 pub mod one;
+pub mod provision;
+pub mod render;
 pub mod sim;
+pub mod slurm;

@@ -1,0 +1,207 @@
+//! `slurm-one`: the admin CLI. Exit codes: 0 success, 1 the operation failed (OpenNebula,
+//! provisioning, a failed check), 2 usage or configuration error.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use slurm_one::admin;
+use slurm_one::config::{parse_duration, Config};
+use slurm_one::provision::{JobRequest, NodeRequest, Provisioner};
+use slurm_one::slurm::{NoSlurm, Squeue};
+
+/// Per-job OpenNebula VMs for SLURM: inspect and operate the job↔VM mapping.
+#[derive(Parser, Debug)]
+#[command(name = "slurm-one", version)]
+struct Cli {
+    /// Configuration file [default: $SLURM_ONE_CONFIG, else /etc/slurm-one/slurm-one.toml].
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log debug messages to stderr too.
+    #[arg(long, global = true)]
+    debug: bool,
+    /// Log every XML-RPC request and answer (session redacted); implies --debug.
+    #[arg(long, global = true)]
+    trace_api: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Show the job↔node↔VM table with OpenNebula's state of each VM.
+    Status {
+        /// Only this job.
+        #[arg(long)]
+        job: Option<u32>,
+    },
+    /// Check config, credentials, OpenNebula reachability, templates and the table.
+    Check,
+    /// Create and boot a job's VMs by hand (what PrologSlurmctld does).
+    Provision {
+        /// SLURM job id.
+        #[arg(long)]
+        job: u32,
+        /// Node list, e.g. vm[1-3].
+        #[arg(long)]
+        nodes: String,
+        /// CPUs per node (VCPU).
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+        /// Memory per node, MiB (default: the sizing policy's).
+        #[arg(long)]
+        mem: Option<u64>,
+        /// CPU share per VCPU, 0 < F <= 1.
+        #[arg(long)]
+        cpu_share: Option<f64>,
+        /// Template name from the config.
+        #[arg(long)]
+        template: Option<String>,
+    },
+    /// Terminate a job's VMs and clear its rows (what EpilogSlurmctld does). Idempotent.
+    Teardown {
+        /// SLURM job id.
+        #[arg(long)]
+        job: u32,
+    },
+    /// Find and fix orphan VMs, stale rows and lost rows.
+    Reconcile {
+        /// Only report.
+        #[arg(long)]
+        dry_run: bool,
+        /// Leave VMs younger than this alone [default: provisioning.orphan_grace].
+        #[arg(long, value_parser = parse_duration)]
+        grace: Option<std::time::Duration>,
+        /// Do not ask SLURM (squeue) which jobs are live; trust the table.
+        #[arg(long)]
+        no_slurm: bool,
+    },
+}
+
+/// A failure and its exit code.
+struct Failure(u8, String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, msg)) => {
+            eprintln!("slurm-one: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn fail<E: std::fmt::Display>(code: u8) -> impl Fn(E) -> Failure {
+    move |e| Failure(code, e.to_string())
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let path = cli.config.clone().unwrap_or_else(Config::default_path);
+    let cfg = Config::load(&path).map_err(fail(2))?;
+    let level = if cli.debug || cli.trace_api { slurm_one::config::LogLevel::Debug } else { cfg.logging.level };
+    slurm_one::logging::init("slurm-one", cfg.logging.syslog_facility, level, true);
+
+    if let Cmd::Check = cli.command {
+        let mut ok = true;
+        for c in admin::check(&cfg) {
+            match c.result {
+                Ok(detail) => println!("ok    {}: {detail}", c.what),
+                Err(e) => {
+                    ok = false;
+                    println!("FAIL  {}: {e}", c.what);
+                }
+            }
+        }
+        return if ok { Ok(()) } else { Err(Failure(1, "some checks failed".into())) };
+    }
+
+    let client = admin::client(&cfg, cli.trace_api).map_err(fail(2))?;
+    let db = admin::open_db(&cfg).map_err(fail(1))?;
+    let engine = Provisioner::new(&cfg, &client, &db);
+    match cli.command {
+        Cmd::Check => Ok(()),
+        Cmd::Status { job } => {
+            let rows = match job {
+                Some(j) => db.job_rows(&cfg.cluster.name, j),
+                None => db.all_rows(&cfg.cluster.name),
+            }
+            .map_err(fail(1))?;
+            let vms = match client.vm_pool(true) {
+                Ok(vms) => Some(vms.into_iter().map(|v| (v.id, v)).collect::<BTreeMap<_, _>>()),
+                Err(e) => {
+                    eprintln!("slurm-one: OpenNebula state unknown: {e}");
+                    None
+                }
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+                .unwrap_or(0);
+            print!("{}", admin::status_table(&rows, vms.as_ref(), now));
+            Ok(())
+        }
+        Cmd::Provision { job, nodes, cpus, mem, cpu_share, template } => {
+            let names = hostlist_parser::parse(&nodes)
+                .map_err(|e| Failure(2, format!("--nodes {nodes:?} is not a node list: {e}")))?;
+            let request = JobRequest {
+                job_id: job,
+                job_name: format!("manual-{job}"),
+                user: std::env::var("USER").unwrap_or_else(|_| "root".into()),
+                nodes: names.into_iter().map(|name| NodeRequest { name, cpus }).collect(),
+                memory_mb: mem,
+                cpu_share,
+                template,
+            };
+            let up = engine.provision(&request).map_err(fail(1))?;
+            for n in up {
+                println!(
+                    "{} VM {} {} {}",
+                    n.node,
+                    n.vm_id,
+                    n.ip.unwrap_or_else(|| "-".into()),
+                    n.host.unwrap_or_else(|| "-".into())
+                );
+            }
+            Ok(())
+        }
+        Cmd::Teardown { job } => {
+            let r = engine.teardown(job).map_err(fail(1))?;
+            println!(
+                "job {job}: {} VMs terminated, {} already gone, {} rows removed",
+                r.terminated.len(),
+                r.already_gone.len(),
+                r.rows_removed
+            );
+            Ok(())
+        }
+        Cmd::Reconcile { dry_run, grace, no_slurm } => {
+            let grace = grace.unwrap_or(cfg.provisioning.orphan_grace);
+            let report = if no_slurm {
+                engine.reconcile(&NoSlurm, grace, dry_run)
+            } else {
+                engine.reconcile(&Squeue, grace, dry_run)
+            }
+            .map_err(fail(1))?;
+            for d in &report.drifts {
+                println!("{}{d:?}", if dry_run { "would fix: " } else { "fixed: " });
+            }
+            for e in &report.errors {
+                println!("error: {e}");
+            }
+            println!(
+                "{} drifts, {} errors, {} young VMs left alone",
+                report.drifts.len(),
+                report.errors.len(),
+                report.young
+            );
+            if report.errors.is_empty() {
+                Ok(())
+            } else {
+                Err(Failure(1, "some fixes failed; the next pass retries them".into()))
+            }
+        }
+    }
+}
