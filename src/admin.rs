@@ -63,8 +63,10 @@ pub fn status_table(rows: &[Row], vms: Option<&BTreeMap<u32, VmInfo>>, now: i64)
             r.vm_id.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
             r.state.to_string(),
             one_state,
-            vm.and_then(|v| v.ips.first().cloned()).unwrap_or_else(|| "-".into()),
-            vm.and_then(|v| v.host.clone()).unwrap_or_else(|| "-".into()),
+            vm.and_then(|v| v.ips.first().cloned())
+                .unwrap_or_else(|| "-".into()),
+            vm.and_then(|v| v.host.clone())
+                .unwrap_or_else(|| "-".into()),
             age(now, r.created),
             r.detail.clone().unwrap_or_default()
         );
@@ -108,7 +110,9 @@ pub fn check(cfg: &Config) -> Vec<Check> {
         let ok = reachable.is_ok();
         checks.push(Check {
             what: format!("OpenNebula {}", cfg.opennebula.endpoint),
-            result: reachable.map(|v| format!("version {v}")).map_err(|e| e.to_string()),
+            result: reachable
+                .map(|v| format!("version {v}"))
+                .map_err(|e| e.to_string()),
         });
         for t in cfg.templates.by_name.values() {
             let result = match (&t.source, ok) {
@@ -119,9 +123,14 @@ pub fn check(cfg: &Config) -> Vec<Check> {
                     .template_info(*id)
                     .map(|info| format!("OpenNebula template {id} ({})", info.name))
                     .map_err(|e| e.to_string()),
-                (TemplateSource::Id(id), false) => Err(format!("template {id} not checked: OpenNebula unreachable")),
+                (TemplateSource::Id(id), false) => {
+                    Err(format!("template {id} not checked: OpenNebula unreachable"))
+                }
             };
-            checks.push(Check { what: format!("template {}", t.name), result });
+            checks.push(Check {
+                what: format!("template {}", t.name),
+                result,
+            });
         }
     }
     checks.push(Check {
@@ -160,13 +169,20 @@ mod tests {
         let table = status_table(&rows, Some(&vms), 1030);
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].starts_with("JOB"));
-        assert!(lines[1].contains("GONE") && lines[1].contains("30s"), "{}", lines[1]);
+        assert!(
+            lines[1].contains("GONE") && lines[1].contains("30s"),
+            "{}",
+            lines[1]
+        );
         assert!(lines[2].contains(" - "), "{}", lines[2]);
     }
 
     #[test]
     fn status_without_opennebula_shows_unknown_state() {
         let table = status_table(&[row(7, "vm1", Some(3))], None, 1000);
-        assert!(table.lines().nth(1).is_some_and(|l| l.contains(" ? ")), "{table}");
+        assert!(
+            table.lines().nth(1).is_some_and(|l| l.contains(" ? ")),
+            "{table}"
+        );
     }
 }

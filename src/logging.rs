@@ -82,7 +82,12 @@ pub fn init(program: &str, fac: SyslogFacility, level: LogLevel, stderr: bool) {
     };
     let syslog = syslog::unix(formatter).ok().map(Mutex::new);
     let filter = level_filter(level);
-    let logger = HookLogger { syslog, stderr, program: program.to_string(), level: filter };
+    let logger = HookLogger {
+        syslog,
+        stderr,
+        program: program.to_string(),
+        level: filter,
+    };
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(filter);
     }

@@ -240,8 +240,14 @@ fn unix_now() -> i64 {
 
 /// A request tag unique across processes and time.
 fn request_tag(cluster: &str, job_id: u32, node: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{cluster}-{job_id}-{node}-{:x}{nanos:08x}", std::process::id())
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{cluster}-{job_id}-{node}-{:x}{nanos:08x}",
+        std::process::id()
+    )
 }
 
 /// One create. A transport error is never blindly retried: the VM is looked up by its
@@ -255,15 +261,23 @@ fn create_one(
 ) -> Result<u32, ProvisionError> {
     let attempt = || match creation {
         Creation::Allocate { template } => one.vm_allocate(template, false),
-        Creation::Instantiate { template_id, name, extra } => {
-            one.template_instantiate(*template_id, name, extra)
-        }
+        Creation::Instantiate {
+            template_id,
+            name,
+            extra,
+        } => one.template_instantiate(*template_id, name, extra),
     };
-    let fail = |source| ProvisionError::Create { job_id, node: node.to_string(), source };
+    let fail = |source| ProvisionError::Create {
+        job_id,
+        node: node.to_string(),
+        source,
+    };
     match attempt() {
         Ok(id) => Ok(id),
         Err(e) if e.is_transport() => {
-            log::warn!("job {job_id}, node {node}: create unanswered ({e}); looking the VM up by its tag");
+            log::warn!(
+                "job {job_id}, node {node}: create unanswered ({e}); looking the VM up by its tag"
+            );
             match find_by_tag(one, tag) {
                 Ok(Some(id)) => Ok(id),
                 Ok(None) => attempt().map_err(fail),
@@ -302,7 +316,10 @@ impl<'a> Provisioner<'a> {
     /// The size of each node's VM, per the sizing policy.
     pub fn size(&self, job: &JobRequest, node: &NodeRequest) -> Result<NodeSize, ProvisionError> {
         let s = &self.cfg.sizing;
-        let bad = |message: String| ProvisionError::BadRequest { job_id: job.job_id, message };
+        let bad = |message: String| ProvisionError::BadRequest {
+            job_id: job.job_id,
+            message,
+        };
         let share = job.cpu_share.unwrap_or(s.cpu_share_default);
         if !(share.is_finite() && share >= s.cpu_share_min && share <= s.cpu_share_max) {
             return Err(bad(format!(
@@ -317,7 +334,11 @@ impl<'a> Provisioner<'a> {
             Some(m) if m >= u64::from(s.min_memory_mb) => m,
             _ => u64::from(s.default_memory_mb),
         };
-        Ok(NodeSize { memory_mb, vcpu: node.cpus, cpu_share: share })
+        Ok(NodeSize {
+            memory_mb,
+            vcpu: node.cpus,
+            cpu_share: share,
+        })
     }
 
     /// Creates one VM per node, records each as soon as its id is known, and waits until
@@ -327,22 +348,33 @@ impl<'a> Provisioner<'a> {
     pub fn provision(&self, job: &JobRequest) -> Result<Vec<ProvisionedNode>, ProvisionError> {
         let job_id = job.job_id;
         if job.nodes.is_empty() {
-            return Err(ProvisionError::BadRequest { job_id, message: "no nodes to provision".into() });
+            return Err(ProvisionError::BadRequest {
+                job_id,
+                message: "no nodes to provision".into(),
+            });
         }
-        let template = self
-            .cfg
-            .template(job.template.as_deref())
-            .map_err(|e| ProvisionError::BadRequest { job_id, message: e.to_string() })?;
-        let base_context = match &template.source {
-            TemplateSource::Id(id) => self
-                .one
-                .template_info(*id)
-                .map_err(|source| ProvisionError::Create {
+        let template =
+            self.cfg
+                .template(job.template.as_deref())
+                .map_err(|e| ProvisionError::BadRequest {
                     job_id,
-                    node: job.nodes.first().map(|n| n.name.clone()).unwrap_or_default(),
-                    source,
-                })?
-                .context,
+                    message: e.to_string(),
+                })?;
+        let base_context = match &template.source {
+            TemplateSource::Id(id) => {
+                self.one
+                    .template_info(*id)
+                    .map_err(|source| ProvisionError::Create {
+                        job_id,
+                        node: job
+                            .nodes
+                            .first()
+                            .map(|n| n.name.clone())
+                            .unwrap_or_default(),
+                        source,
+                    })?
+                    .context
+            }
             TemplateSource::Body(_) => Vec::new(),
         };
         let mut plans = Vec::with_capacity(job.nodes.len());
@@ -359,9 +391,14 @@ impl<'a> Provisioner<'a> {
                 request_tag: &tag,
                 start_script: &self.cfg.provisioning.start_script,
             };
-            let creation = render::render(&req, &template.source, &base_context).map_err(|source| {
-                ProvisionError::Render { job_id, node: node.name.clone(), source }
-            })?;
+            let creation =
+                render::render(&req, &template.source, &base_context).map_err(|source| {
+                    ProvisionError::Render {
+                        job_id,
+                        node: node.name.clone(),
+                        source,
+                    }
+                })?;
             plans.push((node.name.clone(), tag, creation));
         }
         for (node, tag, _) in &plans {
@@ -425,7 +462,9 @@ impl<'a> Provisioner<'a> {
                 let one = self.one;
                 scope.spawn(move || loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some((node, tag, creation)) = plans.get(i) else { break };
+                    let Some((node, tag, creation)) = plans.get(i) else {
+                        break;
+                    };
                     let r = create_one(one, job_id, node, tag, creation);
                     if r.is_err() {
                         // Stop handing out work: the job fails anyway.
@@ -503,7 +542,11 @@ impl<'a> Provisioner<'a> {
                         })
                     }
                     Some(vm) => {
-                        let what = if vm.running() { "RUNNING, not READY".to_string() } else { vm.state_name() };
+                        let what = if vm.running() {
+                            "RUNNING, not READY".to_string()
+                        } else {
+                            vm.state_name()
+                        };
                         pending.push(format!("{node} (VM {id}, {what})"));
                     }
                     None => pending.push(format!("{node} (VM {id}, not listed)")),
@@ -531,7 +574,9 @@ impl<'a> Provisioner<'a> {
                 r.terminated.len(),
                 r.rows_removed
             ),
-            Err(e) => log::error!("job {job_id}: rollback incomplete, reconcile will finish it: {e}"),
+            Err(e) => {
+                log::error!("job {job_id}: rollback incomplete, reconcile will finish it: {e}")
+            }
         }
     }
 
@@ -539,13 +584,18 @@ impl<'a> Provisioner<'a> {
     /// concurrently. A row whose VM could not be terminated is kept so a retry finds it.
     pub fn teardown(&self, job_id: u32) -> Result<TeardownReport, ProvisionError> {
         let cluster = self.cluster();
-        let rows = self.db.job_rows(cluster, job_id).map_err(self.mapping(job_id))?;
+        let rows = self
+            .db
+            .job_rows(cluster, job_id)
+            .map_err(self.mapping(job_id))?;
         let mut report = TeardownReport::default();
         if rows.is_empty() {
             return Ok(report);
         }
         for row in &rows {
-            let _ = self.db.set_state(cluster, job_id, &row.node, RowState::TearingDown, None);
+            let _ = self
+                .db
+                .set_state(cluster, job_id, &row.node, RowState::TearingDown, None);
         }
         // A row still `creating` may have a VM OpenNebula made but we never recorded.
         let untracked: Vec<&Row> = rows.iter().filter(|r| r.vm_id.is_none()).collect();
@@ -559,16 +609,21 @@ impl<'a> Provisioner<'a> {
                         }
                     }
                 }
-                Err(source) => {
-                    return Err(ProvisionError::Poll { job_id, source });
-                }
+                // Any VM such a create made carries this cluster's tags: reconcile finds it.
+                Err(e) => log::warn!(
+                    "job {job_id}: cannot look up VMs of unfinished creates ({e}); reconcile will find any by their tags"
+                ),
             }
         }
         let mut first_error = None;
         for row in &rows {
             let vm_id = row.vm_id.or_else(|| by_tag.get(&row.request_tag).copied());
             let Some(vm_id) = vm_id else {
-                if self.db.delete_row(cluster, job_id, &row.node).unwrap_or(false) {
+                if self
+                    .db
+                    .delete_row(cluster, job_id, &row.node)
+                    .unwrap_or(false)
+                {
                     report.rows_removed += 1;
                 }
                 continue;
@@ -577,7 +632,10 @@ impl<'a> Provisioner<'a> {
                 Ok(true) => report.terminated.push((row.node.clone(), vm_id)),
                 Ok(false) => report.already_gone.push((row.node.clone(), vm_id)),
                 Err(source) => {
-                    log::error!("job {job_id}, node {}: cannot terminate VM {vm_id}: {source}", row.node);
+                    log::error!(
+                        "job {job_id}, node {}: cannot terminate VM {vm_id}: {source}",
+                        row.node
+                    );
                     first_error.get_or_insert(ProvisionError::Terminate {
                         job_id,
                         node: row.node.clone(),
@@ -607,34 +665,38 @@ impl<'a> Provisioner<'a> {
         }
     }
 
-    /// Terminates a VM whatever it is doing. `Ok(true)` if a terminate was issued,
-    /// `Ok(false)` if it was already gone or DONE. States that refuse terminate (PROLOG,
-    /// BOOT, EPILOG...) are waited out up to a deadline.
+    /// Terminates a VM whatever it is doing. `Ok(true)` if it was ended now, `Ok(false)`
+    /// if it was already gone or DONE. States that refuse terminate (PROLOG, BOOT, EPILOG,
+    /// a failure) are ended with `one.vm.recover` delete, as `onevm recover --delete` does.
     pub fn terminate_vm(&self, vm_id: u32) -> Result<bool, OneError> {
         let start = Instant::now();
         loop {
-            match self.one.vm_action(VmAction::TerminateHard, vm_id) {
+            let err = match self.one.vm_action(VmAction::TerminateHard, vm_id) {
                 Ok(()) => return Ok(true),
                 Err(e) if e.kind() == Some(OneErrorKind::NoExists) => return Ok(false),
-                Err(e) if e.kind() == Some(OneErrorKind::Action) || e.is_transport() => {
-                    match self.one.vm_info(vm_id) {
-                        Ok(vm) if vm.state == VmState::Done => return Ok(false),
-                        Ok(vm)
-                            if vm.state == VmState::Active
-                                && matches!(vm.lcm, LcmState::EPILOG | LcmState::SHUTDOWN | LcmState::CLEANUP_DELETE) =>
-                        {
-                            return Ok(true)
-                        }
-                        Err(info) if info.kind() == Some(OneErrorKind::NoExists) => return Ok(false),
-                        _ => {}
-                    }
-                    if start.elapsed() > TERMINATE_DEADLINE {
-                        return Err(e);
-                    }
-                    std::thread::sleep(Duration::from_millis(250));
+                Err(e) => e,
+            };
+            match self.one.vm_info(vm_id) {
+                Ok(vm) if vm.state == VmState::Done => return Ok(false),
+                Ok(vm)
+                    if vm.state == VmState::Active
+                        && matches!(vm.lcm, LcmState::EPILOG | LcmState::CLEANUP_DELETE) =>
+                {
+                    return Ok(true)
                 }
-                Err(e) => return Err(e),
+                Ok(_) if err.kind() == Some(OneErrorKind::Action) => {
+                    match self.one.vm_recover_delete(vm_id) {
+                        Ok(()) => return Ok(true),
+                        Err(e) => log::warn!("VM {vm_id}: recover --delete failed: {e}"),
+                    }
+                }
+                Err(info) if info.kind() == Some(OneErrorKind::NoExists) => return Ok(false),
+                _ => {}
             }
+            if start.elapsed() > TERMINATE_DEADLINE {
+                return Err(err);
+            }
+            std::thread::sleep(Duration::from_millis(250));
         }
     }
 
@@ -648,18 +710,32 @@ impl<'a> Provisioner<'a> {
         dry_run: bool,
     ) -> Result<ReconcileReport, ProvisionError> {
         let cluster = self.cluster();
-        let vms = self.one.vm_pool(false).map_err(|source| ProvisionError::Poll { job_id: 0, source })?;
+        let vms = self
+            .one
+            .vm_pool(false)
+            .map_err(|source| ProvisionError::Poll { job_id: 0, source })?;
         let rows = self.db.all_rows(cluster).map_err(self.mapping(0))?;
-        let live_jobs = slurm.live_jobs().map_err(|message| ProvisionError::BadRequest {
-            job_id: 0,
-            message: format!("cannot ask SLURM for live jobs: {message}"),
-        })?;
+        let live_jobs = slurm
+            .live_jobs()
+            .map_err(|message| ProvisionError::BadRequest {
+                job_id: 0,
+                message: format!("cannot ask SLURM for live jobs: {message}"),
+            })?;
         let now = unix_now();
         let grace_s = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
         let mut report = ReconcileReport::default();
+        let ending = |v: &VmInfo| {
+            v.state == VmState::Active
+                && matches!(
+                    v.lcm,
+                    LcmState::SHUTDOWN | LcmState::EPILOG | LcmState::CLEANUP_DELETE
+                )
+        };
         let ours: Vec<&VmInfo> = vms
             .iter()
-            .filter(|v| v.user.get(tags::CLUSTER).map(String::as_str) == Some(cluster))
+            .filter(|v| {
+                v.user.get(tags::CLUSTER).map(String::as_str) == Some(cluster) && !ending(v)
+            })
             .collect();
         let live_vm_ids: BTreeSet<u32> = ours.iter().map(|v| v.id).collect();
         let row_vm_ids: BTreeSet<u32> = rows.iter().filter_map(|r| r.vm_id).collect();
@@ -670,10 +746,16 @@ impl<'a> Provisioner<'a> {
         };
 
         for vm in &ours {
-            let job = vm.user.get(tags::JOB_ID).and_then(|j| j.parse::<u32>().ok());
+            let job = vm
+                .user
+                .get(tags::JOB_ID)
+                .and_then(|j| j.parse::<u32>().ok());
             let node = vm.user.get(tags::NODE).cloned();
             let recorded = row_vm_ids.contains(&vm.id)
-                || vm.user.get(tags::REQUEST_TAG).is_some_and(|t| row_tags.contains(t.as_str()));
+                || vm
+                    .user
+                    .get(tags::REQUEST_TAG)
+                    .is_some_and(|t| row_tags.contains(t.as_str()));
             let owned = job.is_some_and(|j| job_live(j));
             if owned && recorded {
                 continue;
@@ -683,15 +765,25 @@ impl<'a> Provisioner<'a> {
                 continue;
             }
             if owned {
-                let (Some(job_id), Some(node)) = (job, node) else { continue };
-                report.drifts.push(Drift::MissingRow { vm_id: vm.id, job_id, node: node.clone() });
+                let (Some(job_id), Some(node)) = (job, node) else {
+                    continue;
+                };
+                report.drifts.push(Drift::MissingRow {
+                    vm_id: vm.id,
+                    job_id,
+                    node: node.clone(),
+                });
                 if !dry_run {
                     let row = Row {
                         cluster: cluster.to_string(),
                         job_id,
                         node,
                         vm_id: Some(vm.id),
-                        state: if vm.running() { RowState::Running } else { RowState::Booting },
+                        state: if vm.running() {
+                            RowState::Running
+                        } else {
+                            RowState::Booting
+                        },
                         request_tag: vm
                             .user
                             .get(tags::REQUEST_TAG)
@@ -702,14 +794,23 @@ impl<'a> Provisioner<'a> {
                         detail: Some("rebuilt from VM tags".into()),
                     };
                     if let Err(e) = self.db.upsert_from_tags(&row) {
-                        report.errors.push(format!("VM {}: rebuilding its row: {e}", vm.id));
+                        report
+                            .errors
+                            .push(format!("VM {}: rebuilding its row: {e}", vm.id));
                     }
                 }
                 continue;
             }
-            report.drifts.push(Drift::OrphanVm { vm_id: vm.id, job_id: job, node: node.clone() });
+            report.drifts.push(Drift::OrphanVm {
+                vm_id: vm.id,
+                job_id: job,
+                node: node.clone(),
+            });
             if !dry_run {
-                log::warn!("reconcile: terminating orphan VM {} (job {job:?}, node {node:?})", vm.id);
+                log::warn!(
+                    "reconcile: terminating orphan VM {} (job {job:?}, node {node:?})",
+                    vm.id
+                );
                 if let Err(e) = self.terminate_vm(vm.id) {
                     report.errors.push(format!("VM {}: terminate: {e}", vm.id));
                     continue;
@@ -725,13 +826,19 @@ impl<'a> Provisioner<'a> {
                 Some(id) => !live_vm_ids.contains(&id),
                 None => {
                     now - row.created >= grace_s
-                        && !ours.iter().any(|v| v.user.get(tags::REQUEST_TAG) == Some(&row.request_tag))
+                        && !ours
+                            .iter()
+                            .any(|v| v.user.get(tags::REQUEST_TAG) == Some(&row.request_tag))
                 }
             };
             if !stale {
                 continue;
             }
-            report.drifts.push(Drift::StaleRow { job_id: row.job_id, node: row.node.clone(), vm_id: row.vm_id });
+            report.drifts.push(Drift::StaleRow {
+                job_id: row.job_id,
+                node: row.node.clone(),
+                vm_id: row.vm_id,
+            });
             if !dry_run {
                 log::warn!(
                     "reconcile: removing stale row job {} node {} (VM {:?} gone)",
@@ -740,7 +847,9 @@ impl<'a> Provisioner<'a> {
                     row.vm_id
                 );
                 if let Err(e) = self.db.delete_row(cluster, row.job_id, &row.node) {
-                    report.errors.push(format!("job {} node {}: {e}", row.job_id, row.node));
+                    report
+                        .errors
+                        .push(format!("job {} node {}: {e}", row.job_id, row.node));
                 }
             }
         }

@@ -106,7 +106,9 @@ pub enum RenderError {
 pub fn valid_node_name(node: &str) -> bool {
     !node.is_empty()
         && node.len() <= 64
-        && node.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         && !node.starts_with('-')
 }
 
@@ -120,7 +122,13 @@ pub fn vm_name(cluster: &str, job_id: u32, node: &str) -> String {
 fn plain_text(s: &str) -> String {
     let cleaned: String = s
         .chars()
-        .map(|c| if c.is_control() || c == '\u{fffe}' || c == '\u{ffff}' { ' ' } else { c })
+        .map(|c| {
+            if c.is_control() || c == '\u{fffe}' || c == '\u{ffff}' {
+                ' '
+            } else {
+                c
+            }
+        })
         .take(128)
         .collect::<String>()
         .replace("]]>", "]] >");
@@ -179,17 +187,26 @@ pub fn render(
     match source {
         TemplateSource::Body(body) => {
             let mut t = Template::parse(body).map_err(|e| RenderError::BadBody(e.to_string()))?;
-            let admin_ctx = t.vector("CONTEXT").map(<[(String, String)]>::to_vec).unwrap_or_default();
+            let admin_ctx = t
+                .vector("CONTEXT")
+                .map(<[(String, String)]>::to_vec)
+                .unwrap_or_default();
             t.set("NAME", &name);
             set_size_and_tags(&mut t, req);
             t.set_vector("CONTEXT", merge_context(&admin_ctx, our_context(req)));
-            Ok(Creation::Allocate { template: t.to_text()? })
+            Ok(Creation::Allocate {
+                template: t.to_text()?,
+            })
         }
         TemplateSource::Id(id) => {
             let mut t = Template::default();
             set_size_and_tags(&mut t, req);
             t.set_vector("CONTEXT", merge_context(base_context, our_context(req)));
-            Ok(Creation::Instantiate { template_id: *id, name, extra: t.to_text()? })
+            Ok(Creation::Instantiate {
+                template_id: *id,
+                name,
+                extra: t.to_text()?,
+            })
         }
     }
 }
@@ -205,7 +222,11 @@ mod tests {
             job_name,
             user: "alice",
             node,
-            size: NodeSize { memory_mb: 1024, vcpu: 2, cpu_share: 0.25 },
+            size: NodeSize {
+                memory_mb: 1024,
+                vcpu: 2,
+                cpu_share: 0.25,
+            },
             request_tag: "c1-42-vm1-abcd",
             start_script: "#!/bin/sh\nslurmd -N {node}\n",
         }
@@ -220,16 +241,51 @@ mod tests {
 
     #[test]
     fn cpu_is_vcpu_times_share() {
-        assert_eq!(NodeSize { memory_mb: 1, vcpu: 2, cpu_share: 0.25 }.cpu_text(), "0.5");
-        assert_eq!(NodeSize { memory_mb: 1, vcpu: 4, cpu_share: 1.0 }.cpu_text(), "4");
-        assert_eq!(NodeSize { memory_mb: 1, vcpu: 3, cpu_share: 0.33 }.cpu_text(), "0.99");
-        assert_eq!(NodeSize { memory_mb: 1, vcpu: 1, cpu_share: 0.001 }.cpu_text(), "0.01");
+        assert_eq!(
+            NodeSize {
+                memory_mb: 1,
+                vcpu: 2,
+                cpu_share: 0.25
+            }
+            .cpu_text(),
+            "0.5"
+        );
+        assert_eq!(
+            NodeSize {
+                memory_mb: 1,
+                vcpu: 4,
+                cpu_share: 1.0
+            }
+            .cpu_text(),
+            "4"
+        );
+        assert_eq!(
+            NodeSize {
+                memory_mb: 1,
+                vcpu: 3,
+                cpu_share: 0.33
+            }
+            .cpu_text(),
+            "0.99"
+        );
+        assert_eq!(
+            NodeSize {
+                memory_mb: 1,
+                vcpu: 1,
+                cpu_share: 0.001
+            }
+            .cpu_text(),
+            "0.01"
+        );
     }
 
     #[test]
     fn body_template_gets_size_tags_and_context() {
-        let body = "NIC = [ NETWORK_ID = \"0\" ]\nCONTEXT = [ NETWORK = \"YES\", SET_HOSTNAME = \"x\" ]\n";
-        let text = allocate_text(render(&req("job", "vm1"), &TemplateSource::Body(body.into()), &[]).unwrap());
+        let body =
+            "NIC = [ NETWORK_ID = \"0\" ]\nCONTEXT = [ NETWORK = \"YES\", SET_HOSTNAME = \"x\" ]\n";
+        let text = allocate_text(
+            render(&req("job", "vm1"), &TemplateSource::Body(body.into()), &[]).unwrap(),
+        );
         let t = Template::parse(&text).unwrap();
         assert_eq!(t.get("MEMORY"), Some("1024"));
         assert_eq!(t.get("VCPU"), Some("2"));
@@ -241,8 +297,13 @@ mod tests {
         assert_eq!(t.vector_get("CONTEXT", "NETWORK"), Some("YES"));
         assert_eq!(t.vector_get("CONTEXT", "SET_HOSTNAME"), Some("vm1"));
         let script = t.vector_get("CONTEXT", "START_SCRIPT_BASE64").unwrap();
-        let script = base64::engine::general_purpose::STANDARD.decode(script).unwrap();
-        assert_eq!(String::from_utf8(script).unwrap(), "#!/bin/sh\nslurmd -N vm1\n");
+        let script = base64::engine::general_purpose::STANDARD
+            .decode(script)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(script).unwrap(),
+            "#!/bin/sh\nslurmd -N vm1\n"
+        );
     }
 
     #[test]
@@ -256,11 +317,21 @@ mod tests {
             "]]> cdata end",
             "ünïcödé ✓",
         ] {
-            let text = allocate_text(render(&req(name, "vm1"), &TemplateSource::Body(String::new()), &[]).unwrap());
+            let text = allocate_text(
+                render(&req(name, "vm1"), &TemplateSource::Body(String::new()), &[]).unwrap(),
+            );
             let t = Template::parse(&text).unwrap();
-            assert_eq!(t.get(tags::JOB_NAME), Some(plain_text(name).as_str()), "{name:?}");
+            assert_eq!(
+                t.get(tags::JOB_NAME),
+                Some(plain_text(name).as_str()),
+                "{name:?}"
+            );
             assert_eq!(t.get("MEMORY"), Some("1024"), "{name:?} changed MEMORY");
-            assert_eq!(t.vector_get("CONTEXT", "START_SCRIPT"), None, "{name:?} injected a script");
+            assert_eq!(
+                t.vector_get("CONTEXT", "START_SCRIPT"),
+                None,
+                "{name:?} injected a script"
+            );
             assert_eq!(t.attrs.iter().filter(|a| a.name() == "CONTEXT").count(), 1);
         }
     }
@@ -276,7 +347,8 @@ mod tests {
     #[test]
     fn refuses_node_names_that_are_not_plain() {
         for bad in ["", "vm 1", "vm\"1", "vm]", "$(x)", "-vm", &"v".repeat(65)] {
-            let err = render(&req("j", bad), &TemplateSource::Body(String::new()), &[]).unwrap_err();
+            let err =
+                render(&req("j", bad), &TemplateSource::Body(String::new()), &[]).unwrap_err();
             assert!(matches!(err, RenderError::BadNodeName(_)), "{bad:?}");
         }
         assert!(valid_node_name("vm-12.cluster_a"));
@@ -289,7 +361,11 @@ mod tests {
             ("SET_HOSTNAME".to_string(), "$NAME".to_string()),
         ];
         match render(&req("j", "vm2"), &TemplateSource::Id(7), &base).unwrap() {
-            Creation::Instantiate { template_id, name, extra } => {
+            Creation::Instantiate {
+                template_id,
+                name,
+                extra,
+            } => {
                 assert_eq!(template_id, 7);
                 assert_eq!(name, "slurm-c1-42-vm2");
                 let t = Template::parse(&extra).unwrap();
@@ -303,7 +379,12 @@ mod tests {
 
     #[test]
     fn an_unparsable_body_is_named() {
-        let err = render(&req("j", "vm1"), &TemplateSource::Body("CPU = [".into()), &[]).unwrap_err();
+        let err = render(
+            &req("j", "vm1"),
+            &TemplateSource::Body("CPU = [".into()),
+            &[],
+        )
+        .unwrap_err();
         assert!(matches!(err, RenderError::BadBody(_)));
     }
 }

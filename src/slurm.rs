@@ -53,7 +53,10 @@ pub fn run(argv: &[&str], timeout: Duration) -> Result<String, SlurmError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| SlurmError::Spawn { program: program.to_string(), source })?;
+        .map_err(|source| SlurmError::Spawn {
+            program: program.to_string(),
+            source,
+        })?;
     // Drain both pipes on threads so a chatty command cannot block on a full pipe.
     let mut out_pipe = child.stdout.take();
     let mut err_pipe = child.stderr.take();
@@ -79,14 +82,21 @@ pub fn run(argv: &[&str], timeout: Duration) -> Result<String, SlurmError> {
             Ok(None) | Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(SlurmError::Timeout { argv: line, timeout });
+                return Err(SlurmError::Timeout {
+                    argv: line,
+                    timeout,
+                });
             }
         }
     };
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
     if !status.success() {
-        return Err(SlurmError::Failed { argv: line, status: status.to_string(), stderr: stderr.trim().to_string() });
+        return Err(SlurmError::Failed {
+            argv: line,
+            status: status.to_string(),
+            stderr: stderr.trim().to_string(),
+        });
     }
     Ok(stdout)
 }
@@ -121,8 +131,17 @@ pub struct Squeue;
 
 impl SlurmView for Squeue {
     fn live_jobs(&self) -> Result<Option<BTreeSet<u32>>, String> {
-        let out = run(&["squeue", "--noheader", "--all", "--states=all", "--format=%A %T"], COMMAND_TIMEOUT)
-            .map_err(|e| e.to_string())?;
+        let out = run(
+            &[
+                "squeue",
+                "--noheader",
+                "--all",
+                "--states=all",
+                "--format=%A %T",
+            ],
+            COMMAND_TIMEOUT,
+        )
+        .map_err(|e| e.to_string())?;
         Ok(Some(parse_live_jobs(&out)))
     }
 }
@@ -142,7 +161,9 @@ mod tests {
 
     #[test]
     fn finished_jobs_are_not_live() {
-        let jobs = parse_live_jobs("12 RUNNING\n13 COMPLETED\n14 PENDING\n15 COMPLETING\n16 CANCELLED\nbad line\n");
+        let jobs = parse_live_jobs(
+            "12 RUNNING\n13 COMPLETED\n14 PENDING\n15 COMPLETING\n16 CANCELLED\nbad line\n",
+        );
         assert_eq!(jobs, BTreeSet::from([12, 14, 15]));
     }
 

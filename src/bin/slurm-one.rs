@@ -101,7 +101,11 @@ fn fail<E: std::fmt::Display>(code: u8) -> impl Fn(E) -> Failure {
 fn run(cli: Cli) -> Result<(), Failure> {
     let path = cli.config.clone().unwrap_or_else(Config::default_path);
     let cfg = Config::load(&path).map_err(fail(2))?;
-    let level = if cli.debug || cli.trace_api { slurm_one::config::LogLevel::Debug } else { cfg.logging.level };
+    let level = if cli.debug || cli.trace_api {
+        slurm_one::config::LogLevel::Debug
+    } else {
+        cfg.logging.level
+    };
     slurm_one::logging::init("slurm-one", cfg.logging.syslog_facility, level, true);
 
     if let Cmd::Check = cli.command {
@@ -115,7 +119,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
-        return if ok { Ok(()) } else { Err(Failure(1, "some checks failed".into())) };
+        return if ok {
+            Ok(())
+        } else {
+            Err(Failure(1, "some checks failed".into()))
+        };
     }
 
     let client = admin::client(&cfg, cli.trace_api).map_err(fail(2))?;
@@ -130,7 +138,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             .map_err(fail(1))?;
             let vms = match client.vm_pool(true) {
-                Ok(vms) => Some(vms.into_iter().map(|v| (v.id, v)).collect::<BTreeMap<_, _>>()),
+                Ok(vms) => Some(
+                    vms.into_iter()
+                        .map(|v| (v.id, v))
+                        .collect::<BTreeMap<_, _>>(),
+                ),
                 Err(e) => {
                     eprintln!("slurm-one: OpenNebula state unknown: {e}");
                     None
@@ -143,14 +155,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
             print!("{}", admin::status_table(&rows, vms.as_ref(), now));
             Ok(())
         }
-        Cmd::Provision { job, nodes, cpus, mem, cpu_share, template } => {
+        Cmd::Provision {
+            job,
+            nodes,
+            cpus,
+            mem,
+            cpu_share,
+            template,
+        } => {
             let names = hostlist_parser::parse(&nodes)
                 .map_err(|e| Failure(2, format!("--nodes {nodes:?} is not a node list: {e}")))?;
             let request = JobRequest {
                 job_id: job,
                 job_name: format!("manual-{job}"),
                 user: std::env::var("USER").unwrap_or_else(|_| "root".into()),
-                nodes: names.into_iter().map(|name| NodeRequest { name, cpus }).collect(),
+                nodes: names
+                    .into_iter()
+                    .map(|name| NodeRequest { name, cpus })
+                    .collect(),
                 memory_mb: mem,
                 cpu_share,
                 template,
@@ -177,7 +199,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Cmd::Reconcile { dry_run, grace, no_slurm } => {
+        Cmd::Reconcile {
+            dry_run,
+            grace,
+            no_slurm,
+        } => {
             let grace = grace.unwrap_or(cfg.provisioning.orphan_grace);
             let report = if no_slurm {
                 engine.reconcile(&NoSlurm, grace, dry_run)
@@ -200,7 +226,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if report.errors.is_empty() {
                 Ok(())
             } else {
-                Err(Failure(1, "some fixes failed; the next pass retries them".into()))
+                Err(Failure(
+                    1,
+                    "some fixes failed; the next pass retries them".into(),
+                ))
             }
         }
     }

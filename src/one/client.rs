@@ -100,7 +100,14 @@ pub enum OneError {
 impl OneError {
     /// Worth trying again: the server may not have seen the request.
     pub fn is_transport(&self) -> bool {
-        matches!(self, OneError::Transport { .. } | OneError::Http { status: 500..=599, .. })
+        matches!(
+            self,
+            OneError::Transport { .. }
+                | OneError::Http {
+                    status: 500..=599,
+                    ..
+                }
+        )
     }
 
     /// The OpenNebula error class, if the server refused the call.
@@ -176,7 +183,9 @@ pub struct VmInfo {
 impl VmInfo {
     /// USER_TEMPLATE/READY is YES (contextualization reported in).
     pub fn ready(&self) -> bool {
-        self.user.get("READY").is_some_and(|v| v.eq_ignore_ascii_case("yes"))
+        self.user
+            .get("READY")
+            .is_some_and(|v| v.eq_ignore_ascii_case("yes"))
     }
 
     /// STATE ACTIVE and LCM RUNNING.
@@ -242,7 +251,11 @@ impl Client {
             .timeout_connect(settings.connect_timeout)
             .timeout(settings.api_timeout)
             .build();
-        Client { settings, session, agent }
+        Client {
+            settings,
+            session,
+            agent,
+        }
     }
 
     /// The endpoint URL.
@@ -257,7 +270,10 @@ impl Client {
         all.extend_from_slice(params);
         let body = write_method_call(method, &all);
         if self.settings.trace_api {
-            log::debug!("{method} request: {}", self.redact(&String::from_utf8_lossy(&body)));
+            log::debug!(
+                "{method} request: {}",
+                self.redact(&String::from_utf8_lossy(&body))
+            );
         }
         let transport = |detail: String| OneError::Transport {
             endpoint: self.settings.endpoint.clone(),
@@ -286,11 +302,16 @@ impl Client {
         if self.settings.trace_api {
             log::debug!("{method} response: {}", String::from_utf8_lossy(&bytes));
         }
-        let bad = |detail: String| OneError::BadResponse { method: method.to_string(), detail };
+        let bad = |detail: String| OneError::BadResponse {
+            method: method.to_string(),
+            detail,
+        };
         match parse_response(&bytes).map_err(|e| bad(e.to_string()))? {
-            Response::Fault { code, message } => {
-                Err(OneError::Fault { method: method.to_string(), code, message })
-            }
+            Response::Fault { code, message } => Err(OneError::Fault {
+                method: method.to_string(),
+                code,
+                message,
+            }),
             Response::Success(Value::Array(items)) => {
                 match (items.first().and_then(Value::as_bool), items.get(1)) {
                     (Some(true), Some(v)) => Ok(v.clone()),
@@ -302,10 +323,15 @@ impl Client {
                             message: msg.as_str().unwrap_or("").to_string(),
                         })
                     }
-                    _ => Err(bad(format!("array of {} items without a status", items.len()))),
+                    _ => Err(bad(format!(
+                        "array of {} items without a status",
+                        items.len()
+                    ))),
                 }
             }
-            Response::Success(other) => Err(bad(format!("a {} instead of an array", other.type_name()))),
+            Response::Success(other) => {
+                Err(bad(format!("a {} instead of an array", other.type_name())))
+            }
         }
     }
 
@@ -330,7 +356,10 @@ impl Client {
     }
 
     fn redact(&self, text: &str) -> String {
-        text.replace(self.session.expose(), &format!("{}:***", self.session.user()))
+        text.replace(
+            self.session.expose(),
+            &format!("{}:***", self.session.user()),
+        )
     }
 
     /// `one.system.version`.
@@ -374,11 +403,19 @@ impl Client {
             .map(|c| {
                 c.children()
                     .filter(|n| n.is_element())
-                    .map(|n| (n.tag_name().name().to_string(), n.text().unwrap_or("").to_string()))
+                    .map(|n| {
+                        (
+                            n.tag_name().name().to_string(),
+                            n.text().unwrap_or("").to_string(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        Ok(TemplateInfo { name: child_text(root, "NAME").unwrap_or_default(), context })
+        Ok(TemplateInfo {
+            name: child_text(root, "NAME").unwrap_or_default(),
+            context,
+        })
     }
 
     /// `one.vm.info`.
@@ -404,7 +441,10 @@ impl Client {
     ) -> Result<Vec<VmInfo>, OneError> {
         let method = "one.vmpool.infoextended";
         let state = if include_done { -2 } else { -1 };
-        let v = self.read(method, &[(-2).into(), start.into(), end.into(), state.into()])?;
+        let v = self.read(
+            method,
+            &[(-2).into(), start.into(), end.into(), state.into()],
+        )?;
         let xml = expect_str(method, &v)?;
         let doc = parse_xml(method, xml)?;
         doc.root_element()
@@ -416,13 +456,22 @@ impl Client {
 
     /// `one.vm.action`. Not retried: an action is not idempotent in every state.
     pub fn vm_action(&self, action: VmAction, id: u32) -> Result<(), OneError> {
-        self.call_once("one.vm.action", &[action.as_str().into(), id_param(id)]).map(|_| ())
+        self.call_once("one.vm.action", &[action.as_str().into(), id_param(id)])
+            .map(|_| ())
+    }
+
+    /// `one.vm.recover` with operation 3 (delete): ends a VM in any state, also those that
+    /// refuse terminate (PROLOG, BOOT, EPILOG...).
+    pub fn vm_recover_delete(&self, id: u32) -> Result<(), OneError> {
+        self.call_once("one.vm.recover", &[id_param(id), Value::Int(3)])
+            .map(|_| ())
     }
 
     /// `one.vm.update`: merge (`true`) or replace the USER_TEMPLATE.
     pub fn vm_update(&self, id: u32, template: &str, merge: bool) -> Result<(), OneError> {
         let kind = Value::Int(i32::from(merge));
-        self.call_once("one.vm.update", &[id_param(id), template.into(), kind]).map(|_| ())
+        self.call_once("one.vm.update", &[id_param(id), template.into(), kind])
+            .map(|_| ())
     }
 
     /// `one.vm.migrate` to `host` (live or cold).
@@ -433,8 +482,11 @@ impl Client {
 
     /// `one.vm.resize` with CPU/VCPU/MEMORY in `template`.
     pub fn vm_resize(&self, id: u32, template: &str) -> Result<(), OneError> {
-        self.call_once("one.vm.resize", &[id_param(id), template.into(), false.into()])
-            .map(|_| ())
+        self.call_once(
+            "one.vm.resize",
+            &[id_param(id), template.into(), false.into()],
+        )
+        .map(|_| ())
     }
 }
 
@@ -450,10 +502,12 @@ fn expect_str<'v>(method: &str, v: &'v Value) -> Result<&'v str, OneError> {
 }
 
 fn expect_id(method: &str, v: &Value) -> Result<u32, OneError> {
-    v.as_i64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| OneError::BadResponse {
-        method: method.to_string(),
-        detail: format!("{v:?} where an object id was expected"),
-    })
+    v.as_i64()
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| OneError::BadResponse {
+            method: method.to_string(),
+            detail: format!("{v:?} where an object id was expected"),
+        })
 }
 
 fn parse_xml<'a>(method: &str, xml: &'a str) -> Result<roxmltree::Document<'a>, OneError> {
@@ -473,10 +527,14 @@ fn child_text(node: roxmltree::Node<'_, '_>, name: &str) -> Option<String> {
 
 /// Parses a `<VM>` element of any form (full, extended or short).
 pub fn vm_from_node(method: &str, vm: roxmltree::Node<'_, '_>) -> Result<VmInfo, OneError> {
-    let bad = |detail: String| OneError::BadResponse { method: method.to_string(), detail };
+    let bad = |detail: String| OneError::BadResponse {
+        method: method.to_string(),
+        detail,
+    };
     let num = |name: &str| -> Result<i64, OneError> {
         let text = child_text(vm, name).ok_or_else(|| bad(format!("<VM> without <{name}>")))?;
-        text.parse().map_err(|_| bad(format!("<{name}> is {text:?}, not a number")))
+        text.parse()
+            .map_err(|_| bad(format!("<{name}> is {text:?}, not a number")))
     };
     let id = u32::try_from(num("ID")?).map_err(|_| bad("negative VM <ID>".into()))?;
     let state_n = num("STATE")?;
@@ -500,7 +558,10 @@ pub fn vm_from_node(method: &str, vm: roxmltree::Node<'_, '_>) -> Result<VmInfo,
             u.children()
                 .filter(|n| n.is_element() && !n.children().any(|c| c.is_element()))
                 .map(|n| {
-                    (n.tag_name().name().to_string(), n.text().unwrap_or("").to_string())
+                    (
+                        n.tag_name().name().to_string(),
+                        n.text().unwrap_or("").to_string(),
+                    )
                 })
                 .collect()
         })

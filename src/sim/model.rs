@@ -79,6 +79,7 @@ pub mod history_action {
     pub const MIGRATE: u32 = 1;
     pub const LIVE_MIGRATE: u32 = 2;
     pub const UNDEPLOY: u32 = 5;
+    pub const DELETE: u32 = 13;
     pub const UNDEPLOY_HARD: u32 = 6;
     pub const STOP: u32 = 9;
     pub const SUSPEND: u32 = 10;
@@ -1234,6 +1235,95 @@ impl Cloud {
         Ok(id)
     }
 
+    /// one.vm.recover: 0 failure, 1 success, 2 retry, 3 delete, 4 delete-recreate,
+    /// 5 delete-db (drops the record only; the hypervisor's VM is left, as with oned).
+    pub fn recover(&mut self, id: i64, op: i64, now_ms: u64) -> CallResult {
+        if !(0..=5).contains(&op) {
+            return Err(OneError::new(
+                ErrorCode::XmlRpcApi,
+                "Wrong recover operation code",
+            ));
+        }
+        let step = self.timing_step();
+        let request_id = self.request_id();
+        let vm = self.vm_mut(id)?;
+        if vm.state == VmState::Done {
+            return Err(OneError::action(
+                "recover",
+                format!("This action is not available for state {}", vm.state_name()),
+            ));
+        }
+        let transitional = vm.state == VmState::Active
+            && vm.lcm != LcmState::RUNNING
+            && vm.lcm != LcmState::UNKNOWN
+            && !vm.lcm.is_failure();
+        match op {
+            0 | 1 | 2 if !(transitional || vm.lcm.is_failure()) => {
+                return Err(OneError::action(
+                    "recover",
+                    format!("This action is not available for state {}", vm.state_name()),
+                ));
+            }
+            0 if transitional => {
+                vm.pending_call = None;
+                vm.op = DriverOp::Failed("recovered as failure".into());
+                vm.due_ms = now_ms;
+            }
+            1 if transitional => {
+                // Pretend the driver finished: the next round moves the VM on.
+                vm.pending_call = None;
+                vm.op = DriverOp::Idle;
+                vm.due_ms = now_ms;
+            }
+            2 if transitional => {
+                vm.op = DriverOp::Idle;
+                vm.due_ms = now_ms;
+            }
+            0 => {}
+            1 | 2 => {
+                let (next, call) = match (vm.lcm, op) {
+                    (LcmState::PROLOG_FAILURE, 1) => (LcmState::BOOT, Some(DriverCall::Boot)),
+                    (LcmState::PROLOG_FAILURE, _) => (LcmState::PROLOG, None),
+                    (LcmState::BOOT_FAILURE, 1) => (LcmState::RUNNING, None),
+                    (LcmState::BOOT_FAILURE, _) => (LcmState::BOOT, Some(DriverCall::Boot)),
+                    (LcmState::EPILOG_FAILURE, _) => (LcmState::EPILOG, Some(DriverCall::Destroy)),
+                    (_, _) => (LcmState::BOOT, Some(DriverCall::Boot)),
+                };
+                vm.user_template.remove("ERROR");
+                vm.set_state(VmState::Active, next);
+                if next != LcmState::RUNNING {
+                    schedule(vm, now_ms + step, call);
+                }
+            }
+            3 | 4 => {
+                close_history(vm, now_ms, history_action::DELETE, request_id);
+                if vm.host.is_none() {
+                    vm.pending_call = None;
+                    if op == 3 {
+                        vm.set_state(VmState::Done, LcmState::LCM_INIT);
+                        vm.etime = now_secs(now_ms);
+                        self.finish_vm(id);
+                    } else {
+                        vm.set_state(VmState::Pending, LcmState::LCM_INIT);
+                    }
+                    return Ok(id);
+                }
+                let lcm = if op == 3 {
+                    LcmState::CLEANUP_DELETE
+                } else {
+                    LcmState::CLEANUP_RESUBMIT
+                };
+                vm.set_state(VmState::Active, lcm);
+                schedule(vm, now_ms + step, Some(DriverCall::Destroy));
+            }
+            _ => {
+                self.finish_vm(id);
+                self.vms.remove(&id_u32(id));
+            }
+        }
+        Ok(id)
+    }
+
     /// Sends a VM to a failure LCM state (fault injection).
     pub fn force_failure(&mut self, id: i64, lcm: LcmState, why: &str, now_ms: u64) -> CallResult {
         let vm = self.vm_mut(id)?;
@@ -1534,6 +1624,14 @@ impl Cloud {
             LcmState::SHUTDOWN_UNDEPLOY => {
                 vm.set_state(VmState::Active, LcmState::EPILOG_UNDEPLOY);
                 schedule(vm, now_ms + step, None);
+            }
+            LcmState::CLEANUP_RESUBMIT => {
+                if let Some(h) = vm.history.last_mut() {
+                    h.etime = t;
+                }
+                vm.set_state(VmState::Pending, LcmState::LCM_INIT);
+                vm.deploy_id.clear();
+                self.release_host(id);
             }
             _ => {
                 vm.due_ms = u64::MAX;
@@ -1877,6 +1975,40 @@ mod tests {
             err.message,
             format!("Error performing action \"terminate\": Could not terminate VM {id}, wrong state BOOT.")
         );
+    }
+
+    #[test]
+    fn recover_delete_ends_a_vm_stuck_in_boot() {
+        let mut c = cloud();
+        let id = c.allocate_vm("MEMORY=512\nCPU=1\n", false, 0).unwrap();
+        c.schedule_pending(0);
+        c.advance(100);
+        assert_eq!(c.vm(id).unwrap().lcm, LcmState::BOOT);
+        c.recover(id, 3, 100).unwrap();
+        assert_eq!(c.vm(id).unwrap().lcm, LcmState::CLEANUP_DELETE);
+        run_until_stable(&mut c, 100);
+        assert_eq!(c.vm(id).unwrap().state, VmState::Done);
+        assert!(c.hosts.values().all(|h| h.vms.is_empty()));
+        assert_eq!(c.recover(id, 3, 2000).unwrap_err().code, ErrorCode::Action);
+        assert_eq!(
+            c.recover(id, 9, 2000).unwrap_err().code,
+            ErrorCode::XmlRpcApi
+        );
+    }
+
+    #[test]
+    fn recover_retry_boots_a_failed_vm_again() {
+        let mut c = cloud();
+        let id = c.allocate_vm("MEMORY=512\nCPU=1\n", false, 0).unwrap();
+        let now = run_until_stable(&mut c, 0);
+        c.force_failure(id, LcmState::BOOT_FAILURE, "boom", now)
+            .unwrap();
+        assert!(c.vm(id).unwrap().user_template.get("ERROR").is_some());
+        c.recover(id, 2, now).unwrap();
+        run_until_stable(&mut c, now);
+        let vm = c.vm(id).unwrap();
+        assert_eq!((vm.state, vm.lcm), (VmState::Active, LcmState::RUNNING));
+        assert!(vm.user_template.get("ERROR").is_none());
     }
 
     #[test]

@@ -133,6 +133,7 @@ const METHODS: &[&str] = &[
     "one.vm.deploy",
     "one.vm.migrate",
     "one.vm.resize",
+    "one.vm.recover",
     "one.vmpool.info",
     "one.vmpool.infoextended",
     "one.template.allocate",
@@ -257,6 +258,13 @@ fn dispatch(sim: &Arc<Sim>, method: &str, p: &Params<'_>) -> Result<Response, Re
                 .cloud()
                 .resize(id, text, enforce, hotplug, now)
                 .map(id_value);
+            sim.touch();
+            r
+        }
+        "one.vm.recover" => {
+            let id = p.int(1)?;
+            let op = p.int(2)?;
+            let r = sim.cloud().recover(id, op, now).map(id_value);
             sim.touch();
             r
         }

@@ -2,6 +2,7 @@
 
 mod util;
 
+mod core;
 mod sim_cli;
 mod sim_ns;
 mod sim_restart;

@@ -108,7 +108,10 @@ fn help_documents_every_flag_and_the_cleanup_command() {
         let described = line.trim().len() > flag.len() + 12 || !next.trim().is_empty();
         assert!(described, "{flag} has no description:\n{help}");
     }
-    assert!(!help.contains("__vm-init"), "internal command must stay hidden");
+    assert!(
+        !help.contains("__vm-init"),
+        "internal command must stay hidden"
+    );
 
     let out = run_one_sim(&["cleanup", "--help"]);
     assert!(out.status.success());

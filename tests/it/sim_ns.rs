@@ -111,7 +111,11 @@ fn an_ns_vm_runs_its_context_answers_on_its_ip_freezes_when_suspended_and_leaves
     assert!(ctx.lines().any(|l| l == "SET_HOSTNAME='node7'"), "{ctx}");
     let started = fs::read_to_string(format!("{root}/run/one-context/started"))
         .expect("the start script's marker file");
-    assert_eq!(started.trim(), "42", "start script saw the context variables");
+    assert_eq!(
+        started.trim(),
+        "42",
+        "start script saw the context variables"
+    );
     assert_eq!(hostname_in(b.keeper), "node7");
 
     let listeners = pids_with_marker(&mark);

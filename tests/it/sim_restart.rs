@@ -93,7 +93,10 @@ fn ns_vms_survive_a_restart_are_managed_again_and_cleanup_removes_them() {
     assert!(http_answers(&ip1, 8080, Duration::from_secs(2)));
     let mut ports = ports_of(&bridge);
     ports.sort();
-    let mut want = vec![host_veth_name(&tag, v1 as u32), host_veth_name(&tag, v2 as u32)];
+    let mut want = vec![
+        host_veth_name(&tag, v1 as u32),
+        host_veth_name(&tag, v2 as u32),
+    ];
     want.sort();
     assert_eq!(ports, want, "veths stay on the bridge");
 
@@ -109,7 +112,10 @@ fn ns_vms_survive_a_restart_are_managed_again_and_cleanup_removes_them() {
         sim.state(v1),
         sim.state(v2)
     );
-    assert_eq!(sim.vm_get(v1, "USER_TEMPLATE/READY").as_deref(), Some("YES"));
+    assert_eq!(
+        sim.vm_get(v1, "USER_TEMPLATE/READY").as_deref(),
+        Some("YES")
+    );
 
     sim.action("terminate", v1);
     sim.wait_state(v1, DONE, LCM_INIT, STEP);
@@ -155,7 +161,8 @@ fn without_a_state_dir_ns_vms_are_removed_on_sigterm() {
     let netns = netns_name(&tag, vm as u32);
     let keeper = keeper_of(&netns, vm).expect("keeper");
     assert!(
-        poll_until(Duration::from_secs(10), || !pids_with_marker(&mark).is_empty()),
+        poll_until(Duration::from_secs(10), || !pids_with_marker(&mark)
+            .is_empty()),
         "listener never started"
     );
 

@@ -308,7 +308,11 @@ impl Sim {
             .strip_suffix("/RPC2")
             .unwrap_or_else(|| panic!("odd listening line {line:?}"));
         self.addr = addr.parse().expect("listening address");
-        assert_ne!(self.addr.port(), 0, "port 0 must be replaced by the real one");
+        assert_ne!(
+            self.addr.port(),
+            0,
+            "port 0 must be replaced by the real one"
+        );
         self.url = format!("http://{addr}/RPC2");
         if self.opts.driver == "ns" {
             if let Some(tag) = self.find_tag() {
@@ -381,7 +385,11 @@ impl Sim {
 
     /// Runs `one-sim cleanup --state-dir` on this sim's state dir.
     pub fn cleanup(&self) -> Output {
-        run_one_sim(&["cleanup", "--state-dir", &self.state_dir().display().to_string()])
+        run_one_sim(&[
+            "cleanup",
+            "--state-dir",
+            &self.state_dir().display().to_string(),
+        ])
     }
 
     /// The last lines of every start's stderr, for failure messages.
@@ -578,7 +586,11 @@ fn sweep_tag(tag: &str) {
         }
         let _ = Command::new("ip").args(["netns", "del", &ns]).output();
     }
-    for root in ["/sys/fs/cgroup/freezer", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+    for root in [
+        "/sys/fs/cgroup/freezer",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup",
+    ] {
         let dir = Path::new(root).join(format!("one-sim-{tag}"));
         if let Ok(entries) = fs::read_dir(&dir) {
             for e in entries.flatten() {

@@ -1,0 +1,628 @@
+//! The core library against one-sim (dummy driver): provisioning sized right, teardown,
+//! rollbacks, credentials and reachability errors, hostile text, reconcile.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use slurm_one::config::{Config, Secret};
+use slurm_one::mapping::{MappingDb, RowState};
+use slurm_one::one::client::{Client, ClientSettings, OneError, VmInfo};
+use slurm_one::one::states::{LcmState, VmState};
+use slurm_one::one::xmlrpc::Value;
+use slurm_one::provision::{
+    Drift, JobRequest, NodeRequest, ProvisionError, Provisioner, SlurmView,
+};
+
+use crate::util::{poll_until, Opts, Sim, SESSION};
+
+/// A test's own config, table and client over a running one-sim.
+struct Setup {
+    cfg: Config,
+    client: Client,
+    db: MappingDb,
+    _dir: tempfile::TempDir,
+}
+
+fn config_text(endpoint: &str, db: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[opennebula]
+endpoint = "{endpoint}"
+auth_file = "/nonexistent/one_auth"
+api_timeout = "5s"
+connect_timeout = "1s"
+
+[cluster]
+name = "it"
+database = "{}"
+
+[templates]
+default = "small"
+
+[templates.small]
+body = '''
+NIC = [ NETWORK_ID = "0" ]
+CONTEXT = [ NETWORK = "YES" ]
+'''
+
+[provisioning]
+poll_interval = "50ms"
+boot_timeout = "20s"
+concurrency = 1
+{extra}
+"#,
+        db.display()
+    )
+}
+
+fn setup_with(sim: &Sim, session: &str, endpoint: Option<&str>, extra: &str) -> Setup {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db_path = dir.path().join("db/mapping.db");
+    let endpoint = endpoint.unwrap_or(&sim.url).to_string();
+    let text = config_text(&endpoint, &db_path, extra);
+    let cfg = Config::from_toml_str(&text, &dir.path().join("slurm-one.toml"), &|_| None)
+        .expect("test config loads");
+    let (user, password) = session.split_once(':').expect("user:password");
+    let client = Client::new(
+        ClientSettings {
+            endpoint,
+            connect_timeout: Duration::from_secs(1),
+            api_timeout: Duration::from_secs(5),
+            trace_api: false,
+        },
+        Secret::new(user, password),
+    );
+    let db = MappingDb::open(&db_path, Duration::from_secs(10)).expect("table opens");
+    Setup {
+        cfg,
+        client,
+        db,
+        _dir: dir,
+    }
+}
+
+fn setup(sim: &Sim) -> Setup {
+    setup_with(sim, SESSION, None, "")
+}
+
+fn job(
+    job_id: u32,
+    nodes: &[&str],
+    cpus: u32,
+    memory_mb: Option<u64>,
+    share: Option<f64>,
+) -> JobRequest {
+    JobRequest {
+        job_id,
+        job_name: format!("job-{job_id}"),
+        user: "alice".into(),
+        nodes: nodes
+            .iter()
+            .map(|n| NodeRequest {
+                name: n.to_string(),
+                cpus,
+            })
+            .collect(),
+        memory_mb,
+        cpu_share: share,
+        template: None,
+    }
+}
+
+fn vm(s: &Setup, id: u32) -> VmInfo {
+    s.client.vm_info(id).expect("vm.info answers")
+}
+
+/// Every VM of the test cluster is DONE or on its way there (terminate issued).
+fn all_ending_or_done(s: &Setup) -> bool {
+    s.client.vm_pool(false).expect("pool").iter().all(|v| {
+        v.user.get("SLURM_CLUSTER").map(String::as_str) != Some("it")
+            || (v.state == VmState::Active
+                && matches!(
+                    v.lcm,
+                    LcmState::SHUTDOWN | LcmState::EPILOG | LcmState::CLEANUP_DELETE
+                ))
+    })
+}
+
+#[test]
+fn three_node_job_gets_three_vms_sized_as_asked() {
+    let sim = Sim::start(Opts::dummy());
+    let s = setup(&sim);
+    let engine = Provisioner::new(&s.cfg, &s.client, &s.db);
+    let up = engine
+        .provision(&job(11, &["vm1", "vm2", "vm3"], 2, Some(1024), Some(0.25)))
+        .unwrap();
+    assert_eq!(up.len(), 3);
+    for n in &up {
+        let info = vm(&s, n.vm_id);
+        assert!(
+            info.running() && info.ready(),
+            "{n:?}: {}",
+            info.state_name()
+        );
+        assert_eq!(info.memory_mb, Some(1024));
+        assert_eq!(info.vcpu, Some(2));
+        assert_eq!(info.cpu, Some(0.5), "CPU = VCPU x share");
+        assert_eq!(
+            info.user.get("SLURM_JOB_ID").map(String::as_str),
+            Some("11")
+        );
+        assert_eq!(info.user.get("SLURM_NODE"), Some(&n.node));
+        assert!(
+            n.ip.as_deref().is_some_and(|ip| ip.starts_with("10.77.0.")),
+            "{n:?}"
+        );
+    }
+    let rows = s.db.job_rows("it", 11).unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(rows
+        .iter()
+        .all(|r| r.state == RowState::Running && r.vm_id.is_some()));
+}
+
+#[test]
+fn job_without_memory_gets_the_policy_default() {
+    let sim = Sim::start(Opts::dummy());
+    let s = setup(&sim);
+    let engine = Provisioner::new(&s.cfg, &s.client, &s.db);
+    let up = engine
+        .provision(&job(12, &["vm1"], 1, Some(10), None))
+        .unwrap();
+    let info = vm(&s, up[0].vm_id);
+    assert_eq!(
+        info.memory_mb,
+        Some(256),
+        "under min_memory_mb the default applies"
+    );
+    assert_eq!(info.cpu, Some(1.0));
+}
+
+#[test]
+fn teardown_terminates_every_vm_and_clears_rows_and_can_run_again() {
+    let sim = Sim::start(Opts::dummy());
+    let s = setup(&sim);
+    let engine = Provisioner::new(&s.cfg, &s.client, &s.db);
+    let up = engine
+        .provision(&job(13, &["vm1", "vm2"], 1, None, None))
+        .unwrap();
+    let report = engine.teardown(13).unwrap();
+    assert_eq!(report.terminated.len(), 2);
+    assert_eq!(report.rows_removed, 2);
+    assert!(s.db.job_rows("it", 13).unwrap().is_empty());
+    assert!(poll_until(Duration::from_secs(5), || up
+        .iter()
+        .all(|n| vm(&s, n.vm_id).state == VmState::Done)));
+    let again = engine.teardown(13).unwrap();
+    assert_eq!(again.rows_removed, 0);
+    assert!(again.terminated.is_empty());
+}
+
+#[test]
+fn concurrent_teardowns_of_one_job_both_succeed() {
+    let sim = Sim::start(Opts::dummy());
+    let s = setup(&sim);
+    Provisioner::new(&s.cfg, &s.client, &s.db)
+        .provision(&job(14, &["vm1", "vm2", "vm3"], 1, None, None))
+        .unwrap();
+    let (cfg, client, path) = (&s.cfg, &s.client, s.db.path().to_path_buf());
+    let results: Vec<Result<usize, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let path = path.clone();
+                scope.spawn(move || {
+                    let db = MappingDb::open(&path, Duration::from_secs(10)).unwrap();
+                    Provisioner::new(cfg, client, &db)
+                        .teardown(14)
+                        .map(|r| r.rows_removed)
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let removed: usize = results.iter().map(|r| *r.as_ref().unwrap()).sum();
+    assert_eq!(removed, 3, "{results:?}");
+    assert!(s.db.job_rows("it", 14).unwrap().is_empty());
+    assert!(poll_until(Duration::from_secs(5), || all_ending_or_done(
+        &s
+    )));
+}
+
+#[test]
+fn failure_of_the_second_create_rolls_back_the_first() {
+    let sim = Sim::start(Opts::dummy());
+    let s = setup(&sim);
+    let msg = "User [0] : Quota exceeded for VMS.";
+    sim.ok(
+        "sim.fault.add",
+        &[
+            "one.vm.allocate".into(),
+            Value::Int(2),
+            Value::Int(0x200),
+            msg.into(),
+        ],
+    );
+    let err = Provisioner::new(&s.cfg, &s.client, &s.db)
+        .provision(&job(15, &["vm1", "vm2", "vm3"], 1, None, None))
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, ProvisionError::Create { ref node, .. } if node == "vm2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[one.vm.allocate] User [0] : Quota exceeded for VMS."),
+        "{text}"
+    );
+    assert!(
+        err.is_permanent(),
+        "a quota error must not be retried forever"
+    );
+    assert!(s.db.job_rows("it", 15).unwrap().is_empty());
+    let first = s
+        .client
+        .vm_pool(true)
+        .unwrap()
+        .into_iter()
+        .find(|v| v.user.get("SLURM_NODE").map(String::as_str) == Some("vm1"))
+        .expect("the first VM was created");
+    assert!(poll_until(Duration::from_secs(5), || vm(&s, first.id)
+        .state
+        == VmState::Done));
+}
+
+#[test]
+fn vm_stuck_in_boot_past_the_deadline_is_rolled_back() {
+    let mut opts = Opts::dummy();
+    opts.boot_delay = "60s";
+    let sim = Sim::start(opts);
+    let s = setup_with(&sim, SESSION, None, "");
+    let mut cfg = s.cfg.clone();
+    cfg.provisioning.boot_timeout = Duration::from_millis(600);
+    let start = std::time::Instant::now();
+    let err = Provisioner::new(&cfg, &s.client, &s.db)
+        .provision(&job(16, &["vm1", "vm2"], 1, None, None))
+        .unwrap_err();
+    assert!(matches!(err, ProvisionError::Deadline { .. }), "{err}");
+    assert!(err.to_string().contains("BOOT"), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "rollback took {:?}",
+        start.elapsed()
+    );
+    assert!(s.db.job_rows("it", 16).unwrap().is_empty());
+    assert!(poll_until(Duration::from_secs(5), || s
+        .client
+        .vm_pool(false)
+        .unwrap()
+        .iter()
+        .all(|v| v.user.get("SLURM_JOB_ID").map(String::as_str)
+            != Some("16")
+            || v.lcm == LcmState::CLEANUP_DELETE)));
+}
+
+#[test]
+fn vm_in_boot_failure_fails_the_job_naming_the_vm_and_reason() {
+    let mut opts = Opts::dummy();
+    opts.boot_delay = "3s";
+    let sim = Sim::start(opts);
+    let s = setup(&sim);
+    let failer = std::thread::spawn({
+        let url = sim.url.clone();
+        move || {
+            let c = Client::new(
+                ClientSettings {
+                    endpoint: url.clone(),
+                    connect_timeout: Duration::from_secs(1),
+                    api_timeout: Duration::from_secs(5),
+                    trace_api: false,
+                },
+                Secret::new("oneadmin", "it-secret"),
+            );
+            let mut failed = false;
+            let ok = poll_until(Duration::from_secs(5), || {
+                if let Ok(vms) = c.vm_pool(false) {
+                    if let Some(v) = vms.iter().find(|v| v.lcm == LcmState::BOOT) {
+                        failed = sim_call(
+                            &url,
+                            "sim.vm.fail",
+                            &[
+                                SESSION.into(),
+                                Value::Int(v.id as i32),
+                                "BOOT_FAILURE".into(),
+                            ],
+                        );
+                        return failed;
+                    }
+                }
+                false
+            });
+            ok && failed
+        }
+    });
+    let err = Provisioner::new(&s.cfg, &s.client, &s.db)
+        .provision(&job(17, &["vm1"], 1, None, None))
+        .unwrap_err();
+    assert!(failer.join().unwrap(), "could not inject BOOT_FAILURE");
+    let text = err.to_string();
+    assert!(matches!(err, ProvisionError::VmFailed { .. }), "{text}");
+    assert!(
+        text.contains("BOOT_FAILURE") && text.contains("injected BOOT_FAILURE"),
+        "{text}"
+    );
+    assert!(s.db.job_rows("it", 17).unwrap().is_empty());
+    assert!(poll_until(Duration::from_secs(5), || all_ending_or_done(
+        &s
+    )));
+}
+
+#[test]
+fn bad_session_fails_with_opennebulas_message_and_leaves_nothing() {
+    let sim = Sim::start(Opts::dummy());
+    let s = setup_with(&sim, "oneadmin:wrong", None, "");
+    let err = Provisioner::new(&s.cfg, &s.client, &s.db)
+        .provision(&job(18, &["vm1"], 1, None, None))
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("User couldn't be authenticated"), "{text}");
+    assert!(err.is_permanent());
+    assert!(s.db.job_rows("it", 18).unwrap().is_empty());
+}
+
+#[test]
+fn unreachable_opennebula_names_the_endpoint_and_leaves_nothing() {
+    let sim = Sim::start(Opts::dummy());
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let endpoint = format!("http://{closed}/RPC2");
+    let s = setup_with(&sim, SESSION, Some(&endpoint), "");
+    let err = Provisioner::new(&s.cfg, &s.client, &s.db)
+        .provision(&job(19, &["vm1"], 1, None, None))
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(&endpoint), "{text}");
+    assert!(
+        matches!(
+            err,
+            ProvisionError::Create {
+                source: OneError::Transport { .. },
+                ..
+            }
+        ),
+        "{text}"
+    );
+    assert!(!err.is_permanent(), "an outage is worth a requeue");
+    assert!(s.db.job_rows("it", 19).unwrap().is_empty());
+}
+
+#[test]
+fn hostile_job_name_reaches_opennebula_as_plain_text() {
+    let sim = Sim::start(Opts::dummy());
+    let s = setup(&sim);
+    let mut j = job(20, &["vm1"], 1, None, None);
+    j.job_name =
+        "x\" ]\nMEMORY = 999999\nCONTEXT = [ START_SCRIPT = \"reboot\" ] $HOME `id`".into();
+    let up = Provisioner::new(&s.cfg, &s.client, &s.db)
+        .provision(&j)
+        .unwrap();
+    let info = vm(&s, up[0].vm_id);
+    assert_eq!(info.memory_mb, Some(256));
+    assert_eq!(
+        info.user.get("SLURM_JOB_NAME").map(String::as_str),
+        Some("x\" ] MEMORY = 999999 CONTEXT = [ START_SCRIPT = \"reboot\" ] $HOME `id`")
+    );
+    let xml = sim.vm_info_xml(up[0].vm_id as i32);
+    assert!(
+        !xml.contains("<START_SCRIPT>"),
+        "user text became a CONTEXT attribute"
+    );
+}
+
+/// A raw call from another thread; true when OpenNebula said success.
+fn sim_call(url: &str, method: &str, params: &[Value]) -> bool {
+    let body = slurm_one::one::xmlrpc::write_method_call(method, params);
+    let Ok(resp) = ureq::post(url).send_bytes(&body) else {
+        return false;
+    };
+    let mut bytes = Vec::new();
+    if std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes).is_err() {
+        return false;
+    }
+    matches!(
+        slurm_one::one::xmlrpc::parse_response(&bytes),
+        Ok(slurm_one::one::xmlrpc::Response::Success(Value::Array(a))) if a.first() == Some(&Value::Bool(true))
+    )
+}
+
+struct FakeSlurm(BTreeSet<u32>);
+
+impl SlurmView for FakeSlurm {
+    fn live_jobs(&self) -> Result<Option<BTreeSet<u32>>, String> {
+        Ok(Some(self.0.clone()))
+    }
+}
+
+#[test]
+fn reconcile_terminates_a_planted_orphan_and_removes_a_planted_stale_row() {
+    let sim = Sim::start(Opts::dummy());
+    let s = setup(&sim);
+    let engine = Provisioner::new(&s.cfg, &s.client, &s.db);
+    // A live job whose VMs are fine: reconcile must leave it alone.
+    let live = engine.provision(&job(21, &["vm1"], 1, None, None)).unwrap();
+    // An orphan: a VM with our tags whose job SLURM no longer has and no row.
+    let orphan = sim.allocate(
+        "MEMORY=64\nCPU=0.1\nSLURM_CLUSTER=\"it\"\nSLURM_JOB_ID=\"99\"\nSLURM_NODE=\"vm9\"\n",
+    ) as u32;
+    // A stale row: its VM is long gone.
+    s.db.insert_creating("it", 98, "vm8", "stale-tag").unwrap();
+    s.db.set_vm("stale-tag", 4242, RowState::Running).unwrap();
+    assert!(poll_until(Duration::from_secs(5), || vm(&s, orphan).running()));
+
+    let slurm = FakeSlurm(BTreeSet::from([21]));
+    let dry = engine.reconcile(&slurm, Duration::ZERO, true).unwrap();
+    assert_eq!(dry.drifts.len(), 2, "{dry:?}");
+    assert!(vm(&s, orphan).running(), "dry run changed something");
+
+    let report = engine.reconcile(&slurm, Duration::ZERO, false).unwrap();
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(report.drifts.contains(&Drift::OrphanVm {
+        vm_id: orphan,
+        job_id: Some(99),
+        node: Some("vm9".into())
+    }));
+    assert!(report.drifts.contains(&Drift::StaleRow {
+        job_id: 98,
+        node: "vm8".into(),
+        vm_id: Some(4242)
+    }));
+    assert!(poll_until(Duration::from_secs(5), || vm(&s, orphan).state
+        == VmState::Done));
+    assert!(s.db.job_rows("it", 98).unwrap().is_empty());
+    assert!(
+        vm(&s, live[0].vm_id).running(),
+        "the live job's VM was touched"
+    );
+    assert_eq!(s.db.job_rows("it", 21).unwrap().len(), 1);
+
+    let quiet = engine.reconcile(&slurm, Duration::ZERO, false).unwrap();
+    assert!(quiet.drifts.is_empty(), "{quiet:?}");
+}
+
+#[test]
+fn reconcile_spares_young_orphans_and_rebuilds_lost_rows() {
+    let sim = Sim::start(Opts::dummy());
+    let s = setup(&sim);
+    let engine = Provisioner::new(&s.cfg, &s.client, &s.db);
+    let up = engine.provision(&job(22, &["vm1"], 1, None, None)).unwrap();
+    s.db.delete_job("it", 22).unwrap();
+    let young = sim.allocate(
+        "MEMORY=64\nCPU=0.1\nSLURM_CLUSTER=\"it\"\nSLURM_JOB_ID=\"97\"\nSLURM_NODE=\"vm7\"\n",
+    ) as u32;
+    let slurm = FakeSlurm(BTreeSet::from([22]));
+    let report = engine
+        .reconcile(&slurm, Duration::from_secs(3600), false)
+        .unwrap();
+    assert!(report.young >= 2, "{report:?}");
+    assert!(report.drifts.is_empty(), "{report:?}");
+    let report = engine.reconcile(&slurm, Duration::ZERO, false).unwrap();
+    assert!(
+        report.drifts.contains(&Drift::MissingRow {
+            vm_id: up[0].vm_id,
+            job_id: 22,
+            node: "vm1".into()
+        }),
+        "{report:?}"
+    );
+    let rows = s.db.job_rows("it", 22).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].vm_id, Some(up[0].vm_id));
+    assert!(poll_until(Duration::from_secs(5), || vm(&s, young).state
+        == VmState::Done));
+}
+
+#[test]
+fn cli_refuses_a_malformed_config_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[sizing]\ncpu_share_max = 3.0\n[templates.small]\nbody = \"NIC = [ NETWORK_ID = 0 ]\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_slurm-one"))
+        .args(["--config", path.to_str().unwrap(), "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("sizing.cpu_share_max"),
+        "{err}"
+    );
+    std::fs::write(
+        &path,
+        "[templates.small]\nbody = \"NIC = [ NETWORK_ID = 0 ]\"\nsurprise = 1\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_slurm-one"))
+        .args(["--config", path.to_str().unwrap(), "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("surprise"));
+}
+
+#[test]
+fn cli_provisions_shows_and_tears_down_a_job() {
+    let sim = Sim::start(Opts::dummy());
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("one_auth");
+    std::fs::write(&auth, format!("{SESSION}\n")).unwrap();
+    let cfg = dir.path().join("slurm-one.toml");
+    let text = config_text(&sim.url, &dir.path().join("mapping.db"), "")
+        .replace("/nonexistent/one_auth", auth.to_str().unwrap());
+    std::fs::write(&cfg, text).unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_slurm-one"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = cli(&["check"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a world-readable credentials file must fail check"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("chmod 600"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(cli(&["check"]).status.code(), Some(0));
+    let out = cli(&[
+        "provision",
+        "--job",
+        "31",
+        "--nodes",
+        "vm[1-2]",
+        "--cpus",
+        "2",
+        "--mem",
+        "512",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["status", "--job", "31"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        table.lines().filter(|l| l.contains("RUNNING")).count(),
+        2,
+        "{table}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("it-secret"),
+        "the session leaked into a log"
+    );
+    let out = cli(&["teardown", "--job", "31"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 VMs terminated"));
+    let out = cli(&["status"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        1,
+        "only the header is left"
+    );
+}
