@@ -756,7 +756,7 @@ impl<'a> Provisioner<'a> {
                     .user
                     .get(tags::REQUEST_TAG)
                     .is_some_and(|t| row_tags.contains(t.as_str()));
-            let owned = job.is_some_and(|j| job_live(j));
+            let owned = job.is_some_and(&job_live);
             if owned && recorded {
                 continue;
             }

@@ -567,7 +567,7 @@ pub fn vm_from_node(method: &str, vm: roxmltree::Node<'_, '_>) -> Result<VmInfo,
         })
         .unwrap_or_default();
     let host = child(vm, "HISTORY_RECORDS")
-        .and_then(|h| h.children().filter(|n| n.has_tag_name("HISTORY")).last())
+        .and_then(|h| h.children().rfind(|n| n.has_tag_name("HISTORY")))
         .and_then(|h| child_text(h, "HOSTNAME"));
     Ok(VmInfo {
         id,

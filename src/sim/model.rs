@@ -1258,7 +1258,7 @@ impl Cloud {
             && vm.lcm != LcmState::UNKNOWN
             && !vm.lcm.is_failure();
         match op {
-            0 | 1 | 2 if !(transitional || vm.lcm.is_failure()) => {
+            0..=2 if !(transitional || vm.lcm.is_failure()) => {
                 return Err(OneError::action(
                     "recover",
                     format!("This action is not available for state {}", vm.state_name()),
