@@ -11,9 +11,11 @@
 
 pub mod admin;
 pub mod config;
+pub mod hooks;
 pub mod logging;
 pub mod mapping;
 pub mod one;
+pub mod options;
 pub mod provision;
 pub mod render;
 pub mod sim;

@@ -47,7 +47,12 @@ pub fn run(argv: &[&str], timeout: Duration) -> Result<String, SlurmError> {
     let line = argv.join(" ");
     log::debug!("running {line}");
     let (program, args) = argv.split_first().unwrap_or((&"", &[]));
-    let mut child = Command::new(program)
+    let mut cmd = Command::new(program);
+    // slurmctld runs its hooks with no PATH at all.
+    if std::env::var_os("PATH").is_none() {
+        cmd.env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin");
+    }
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -99,6 +104,180 @@ pub fn run(argv: &[&str], timeout: Duration) -> Result<String, SlurmError> {
         });
     }
     Ok(stdout)
+}
+
+/// Expands SLURM's compressed CPU counts, `4(x2),2` → `[4, 4, 2]`.
+pub fn expand_cpus_per_node(text: &str) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once("(x") {
+            Some((n, rest)) => {
+                let n: u32 = n.parse().ok()?;
+                let times: usize = rest.strip_suffix(')')?.parse().ok()?;
+                if times > 100_000 {
+                    return None;
+                }
+                out.extend(std::iter::repeat_n(n, times));
+            }
+            None => out.push(part.parse().ok()?),
+        }
+    }
+    Some(out)
+}
+
+/// Expands a SLURM hostlist, `vm[1-3,5]` → `vm1 vm2 vm3 vm5`.
+pub fn expand_hostlist(list: &str) -> Result<Vec<String>, String> {
+    hostlist_parser::parse(list).map_err(|e| format!("{list:?} is not a node list: {e}"))
+}
+
+/// `key=value` pairs of one `scontrol show ... -o` line. Values run to the next ` key=`,
+/// so values with spaces (job names, reasons) survive.
+pub fn parse_key_values(line: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for token in line.split(' ') {
+        match token.split_once('=') {
+            Some((k, v)) if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') => {
+                out.push((k.to_string(), v.to_string()));
+            }
+            _ => {
+                if let Some(last) = out.last_mut() {
+                    last.1.push(' ');
+                    last.1.push_str(token);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn get<'a>(kv: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    kv.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// Parses a SLURM memory size (`512M`, `4G`, `1024`) into MiB.
+pub fn parse_mem_mb(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (num, mult) = match t.chars().last()? {
+        'K' | 'k' => (&t[..t.len() - 1], 1.0 / 1024.0),
+        'M' | 'm' => (&t[..t.len() - 1], 1.0),
+        'G' | 'g' => (&t[..t.len() - 1], 1024.0),
+        'T' | 't' => (&t[..t.len() - 1], 1024.0 * 1024.0),
+        _ => (t, 1.0),
+    };
+    let v: f64 = num.parse().ok()?;
+    let mb = (v * mult).ceil();
+    (mb.is_finite() && (0.0..1e15).contains(&mb)).then_some(mb as u64)
+}
+
+/// What the hooks read of a job from `scontrol show job -o`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct JobInfo {
+    /// Memory per node the job asked for, MiB (from MinMemoryNode, or MinMemoryCPU × CPUs).
+    pub mem_per_node_mb: Option<u64>,
+    /// MinMemoryCPU, MiB.
+    pub mem_per_cpu_mb: Option<u64>,
+    /// Restarts (requeues) so far.
+    pub restarts: u32,
+    /// JobState.
+    pub state: String,
+}
+
+/// Parses one `scontrol show job -o` line.
+pub fn parse_job(line: &str) -> JobInfo {
+    let kv = parse_key_values(line.trim());
+    let mem = |k: &str| get(&kv, k).and_then(parse_mem_mb).filter(|m| *m > 0);
+    JobInfo {
+        mem_per_node_mb: mem("MinMemoryNode"),
+        mem_per_cpu_mb: mem("MinMemoryCPU"),
+        restarts: get(&kv, "Restarts").and_then(|r| r.parse().ok()).unwrap_or(0),
+        state: get(&kv, "JobState").unwrap_or("").to_string(),
+    }
+}
+
+/// `scontrol show job -o ID`.
+pub fn job_info(job_id: u32) -> Result<JobInfo, SlurmError> {
+    let out = run(&["scontrol", "show", "job", "-o", &job_id.to_string()], COMMAND_TIMEOUT)?;
+    Ok(parse_job(&out))
+}
+
+/// A node as `scontrol show node -o` describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeInfo {
+    /// NodeName.
+    pub name: String,
+    /// State flags, e.g. `["IDLE", "CLOUD", "POWERED_DOWN"]`.
+    pub state: Vec<String>,
+    /// NodeAddr.
+    pub addr: String,
+    /// Reason, if any.
+    pub reason: Option<String>,
+}
+
+impl NodeInfo {
+    /// Has a flag (`CLOUD`, `POWERING_UP`, ...).
+    pub fn has(&self, flag: &str) -> bool {
+        self.state.iter().any(|s| s == flag)
+    }
+}
+
+/// Parses `scontrol show node -o` output (one node per line).
+pub fn parse_nodes(text: &str) -> Vec<NodeInfo> {
+    text.lines()
+        .filter(|l| l.starts_with("NodeName="))
+        .map(|l| {
+            let kv = parse_key_values(l.trim());
+            NodeInfo {
+                name: get(&kv, "NodeName").unwrap_or("").to_string(),
+                state: get(&kv, "State").unwrap_or("").split('+').map(str::to_string).collect(),
+                addr: get(&kv, "NodeAddr").unwrap_or("").to_string(),
+                reason: get(&kv, "Reason").map(str::to_string),
+            }
+        })
+        .collect()
+}
+
+/// `scontrol show node -o LIST`.
+pub fn nodes(list: &str) -> Result<Vec<NodeInfo>, SlurmError> {
+    let out = run(&["scontrol", "show", "node", "-o", list], COMMAND_TIMEOUT)?;
+    Ok(parse_nodes(&out))
+}
+
+/// `scontrol update nodename=A,B nodeaddr=a,b` (one call for all nodes).
+pub fn set_node_addrs(pairs: &[(String, String)]) -> Result<(), SlurmError> {
+    let names: Vec<&str> = pairs.iter().map(|(n, _)| n.as_str()).collect();
+    let addrs: Vec<&str> = pairs.iter().map(|(_, a)| a.as_str()).collect();
+    let name_arg = format!("nodename={}", names.join(","));
+    let addr_arg = format!("nodeaddr={}", addrs.join(","));
+    run(&["scontrol", "update", &name_arg, &addr_arg], COMMAND_TIMEOUT).map(|_| ())
+}
+
+/// Sets nodes DOWN with a reason, then POWER_DOWN, so they go back to powered-down idle
+/// (and a job on them is requeued at once).
+pub fn down_then_power_down(nodes: &[String], reason: &str) -> Result<(), SlurmError> {
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let name_arg = format!("nodename={}", nodes.join(","));
+    let reason_arg = format!("reason={}", one_line(reason, 200));
+    run(&["scontrol", "update", &name_arg, "state=down", &reason_arg], COMMAND_TIMEOUT)?;
+    run(&["scontrol", "update", &name_arg, "state=power_down"], COMMAND_TIMEOUT).map(|_| ())
+}
+
+/// Puts a reason where `scontrol show job` shows it (AdminComment).
+pub fn set_job_admin_comment(job_id: u32, text: &str) -> Result<(), SlurmError> {
+    let id = format!("jobid={job_id}");
+    let comment = format!("admincomment={}", one_line(text, 500));
+    run(&["scontrol", "update", &id, &comment], COMMAND_TIMEOUT).map(|_| ())
+}
+
+/// `scontrol requeuehold JOB`: requeue and hold, so a job that keeps failing stops looping.
+pub fn requeue_hold(job_id: u32) -> Result<(), SlurmError> {
+    run(&["scontrol", "requeuehold", &job_id.to_string()], COMMAND_TIMEOUT).map(|_| ())
+}
+
+/// Makes text one bounded line (scontrol arguments and reasons are single-line).
+fn one_line(text: &str, max: usize) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(max).collect()
 }
 
 /// Job states after which SLURM no longer needs the job's nodes.
@@ -165,6 +344,44 @@ mod tests {
             "12 RUNNING\n13 COMPLETED\n14 PENDING\n15 COMPLETING\n16 CANCELLED\nbad line\n",
         );
         assert_eq!(jobs, BTreeSet::from([12, 14, 15]));
+    }
+
+    #[test]
+    fn cpus_per_node_expand() {
+        assert_eq!(expand_cpus_per_node("4(x2),2"), Some(vec![4, 4, 2]));
+        assert_eq!(expand_cpus_per_node("1"), Some(vec![1]));
+        assert_eq!(expand_cpus_per_node("x"), None);
+    }
+
+    #[test]
+    fn memory_sizes_parse_to_mib() {
+        assert_eq!(parse_mem_mb("512M"), Some(512));
+        assert_eq!(parse_mem_mb("4G"), Some(4096));
+        assert_eq!(parse_mem_mb("1024"), Some(1024));
+        assert_eq!(parse_mem_mb("1536K"), Some(2));
+        assert_eq!(parse_mem_mb("lots"), None);
+    }
+
+    #[test]
+    fn job_line_gives_memory_and_restarts() {
+        let line = "JobId=7 JobName=my job with spaces UserId=alice(1000) JobState=CONFIGURING Reason=None Restarts=2 MinMemoryNode=512M MinTmpDiskNode=0 Features=(null)";
+        let job = parse_job(line);
+        assert_eq!(job.mem_per_node_mb, Some(512));
+        assert_eq!(job.restarts, 2);
+        assert_eq!(job.state, "CONFIGURING");
+        let per_cpu = parse_job("JobId=8 Restarts=0 MinMemoryCPU=256M");
+        assert_eq!((per_cpu.mem_per_node_mb, per_cpu.mem_per_cpu_mb), (None, Some(256)));
+    }
+
+    #[test]
+    fn node_lines_give_state_flags_and_reason() {
+        let text = "NodeName=vm1 Arch=x86_64 CoresPerSocket=1 State=IDLE+CLOUD+POWERED_DOWN ThreadsPerCore=1 NodeAddr=vm1 NodeHostName=vm1 Reason=slurm-one: VM 3 BOOT_FAILURE [root@2026-11-26T07:00:00]\nNodeName=vm2 State=ALLOCATED+CLOUD+POWERING_UP NodeAddr=10.77.0.3\n";
+        let nodes = parse_nodes(text);
+        assert_eq!(nodes.len(), 2);
+        assert!(nodes[0].has("POWERED_DOWN") && nodes[0].has("CLOUD"));
+        assert_eq!(nodes[0].reason.as_deref(), Some("slurm-one: VM 3 BOOT_FAILURE [root@2026-11-26T07:00:00]"));
+        assert!(nodes[1].has("POWERING_UP"));
+        assert_eq!(nodes[1].addr, "10.77.0.3");
     }
 
     #[test]

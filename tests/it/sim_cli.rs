@@ -98,14 +98,24 @@ fn help_documents_every_flag_and_the_cleanup_command() {
         "--help",
         "cleanup",
     ] {
-        let line = help
-            .lines()
-            .find(|l| l.trim_start().starts_with(flag))
+        // `      --flag <VALUE>`, `  -h, --help` or `  cleanup  Remove...`.
+        let lines: Vec<&str> = help.lines().collect();
+        let idx = lines
+            .iter()
+            .position(|l| {
+                l.starts_with("  ")
+                    && l.split_whitespace()
+                        .take(2)
+                        .any(|w| w.trim_end_matches(',') == flag)
+            })
             .unwrap_or_else(|| panic!("--help does not list {flag}:\n{help}"));
-        // The description is on the flag's line or the next one (long help).
-        let idx = help.lines().position(|l| l == line).unwrap();
-        let next = help.lines().nth(idx + 1).unwrap_or_default();
-        let described = line.trim().len() > flag.len() + 12 || !next.trim().is_empty();
+        // The description follows on the same line (short form) or the next (long form).
+        let rest: Vec<&str> = lines[idx]
+            .split_whitespace()
+            .skip_while(|w| w.starts_with('-') || w.starts_with('<') || *w == flag)
+            .collect();
+        let next = lines.get(idx + 1).copied().unwrap_or_default();
+        let described = !rest.is_empty() || !next.trim().is_empty();
         assert!(described, "{flag} has no description:\n{help}");
     }
     assert!(

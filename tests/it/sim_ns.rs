@@ -160,7 +160,7 @@ fn an_ns_vm_runs_its_context_answers_on_its_ip_freezes_when_suspended_and_leaves
     assert_vm_gone(&sim, b.vm, &mark);
     assert!(netns_of_tag(&tag).is_empty(), "{:?}", netns_of_tag(&tag));
     assert!(ports_of(&bridge).is_empty(), "{:?}", ports_of(&bridge));
-    assert!(proc_state(b.keeper).is_none(), "keeper {} lives", b.keeper);
+    assert!(!alive(b.keeper), "keeper {} lives", b.keeper);
 }
 
 #[test]

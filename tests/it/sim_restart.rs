@@ -122,7 +122,7 @@ fn ns_vms_survive_a_restart_are_managed_again_and_cleanup_removes_them() {
     assert!(!netns_list().contains(&ns1), "netns of v1 left");
     assert!(pids_with_marker(&m1).is_empty(), "v1's listener left");
     assert!(!link_exists(&host_veth_name(&tag, v1 as u32)));
-    assert!(proc_state(k1).is_none());
+    assert!(!alive(k1));
     assert_eq!(keeper_of(&ns2, v2), Some(k2), "v2 untouched");
 
     // cleanup removes what is left and marks it DONE.
@@ -136,7 +136,7 @@ fn ns_vms_survive_a_restart_are_managed_again_and_cleanup_removes_them() {
     );
     assert!(netns_of_tag(&tag).is_empty(), "{:?}", netns_of_tag(&tag));
     assert!(pids_with_marker(&m2).is_empty(), "v2's listener left");
-    assert!(proc_state(k2).is_none(), "keeper 2 left");
+    assert!(!alive(k2), "keeper 2 left");
     assert!(!link_exists(&host_veth_name(&tag, v2 as u32)));
     assert!(!link_exists(&bridge), "the bridge one-sim made is left");
 
@@ -170,7 +170,7 @@ fn without_a_state_dir_ns_vms_are_removed_on_sigterm() {
     assert!(st.success(), "SIGTERM exit: {st}\n{}", sim.log_tail());
     assert!(netns_of_tag(&tag).is_empty(), "{:?}", netns_of_tag(&tag));
     assert!(pids_with_marker(&mark).is_empty(), "listener left");
-    assert!(proc_state(keeper).is_none(), "keeper left");
+    assert!(!alive(keeper), "keeper left");
     assert!(!link_exists(&host_veth_name(&tag, vm as u32)), "veth left");
     assert!(!link_exists(&bridge), "bridge left");
     let run_dir = std::path::Path::new("/run/one-sim").join(&tag);

@@ -571,6 +571,10 @@ impl Drop for Sim {
         // Last resort: whatever is still there under our tags and bridge.
         for tag in &self.tags {
             sweep_tag(tag);
+            if !self.opts.state_dir {
+                // Empty run dir of a one-sim without a state dir (rmdir only if empty).
+                let _ = fs::remove_dir(Path::new("/run/one-sim").join(tag));
+            }
         }
         remove_link(&self.opts.bridge());
     }
@@ -788,6 +792,11 @@ pub fn pids_with_marker(marker: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Whether the process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    proc_state(pid).is_some_and(|s| s != 'Z' && s != 'X')
+}
+
 /// The state letter of `/proc/<pid>/status` (R, S, D, T, Z...).
 pub fn proc_state(pid: i32) -> Option<char> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -856,13 +865,14 @@ pub fn http_answers(ip: &str, port: u16, within: Duration) -> bool {
 
 /// A start script (sh) that writes `/run/one-context/started` (with $SLURM_JOB_ID) inside
 /// the VM and starts a long-lived HTTP listener on :8080 whose command line carries
-/// `marker`.
+/// `marker`. (Plain `http.server.HTTPServer` would first resolve the hostname by DNS, which
+/// a VM without a route to a resolver waits 10 s for.)
 pub fn listener_script(marker: &str) -> String {
     format!(
         "#!/bin/sh\n\
          echo \"$SLURM_JOB_ID\" > /run/one-context/started\n\
-         python3 -c 'import http.server as h; \
-         h.ThreadingHTTPServer((\"0.0.0.0\", 8080), h.SimpleHTTPRequestHandler).serve_forever()' \
+         python3 -c 'import socketserver as s, http.server as h; \
+         s.ThreadingTCPServer((\"0.0.0.0\", 8080), h.SimpleHTTPRequestHandler).serve_forever()' \
          {marker} >/dev/null 2>&1 &\n"
     )
 }

@@ -1,0 +1,32 @@
+//! PrologSlurmctld: gives the job its VMs and returns once their slurmds registered, so the
+//! job starts at once. Exit 0: go; 1: failed (slurmctld requeues the job; the hook already
+//! set the nodes DOWN → POWER_DOWN, the job's AdminComment, and held it after too many
+//! attempts); 2: cannot even start (config, credentials, table).
+
+use std::process::ExitCode;
+
+use slurm_one::hooks::{self, PrologEnv};
+
+fn main() -> ExitCode {
+    let ctx = match hooks::setup("slurm-one-prolog") {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("slurm-one-prolog: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let env = match PrologEnv::read(&|k| std::env::var(k).ok()) {
+        Ok(e) => e,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match hooks::prolog_slurmctld(&ctx.cfg, &ctx.one, &ctx.db, &env) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("job {}: {e}", env.job_id);
+            ExitCode::FAILURE
+        }
+    }
+}

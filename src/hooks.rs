@@ -1,0 +1,357 @@
+//! What slurmctld's hooks do, as library functions the thin hook programs call:
+//! PrologSlurmctld provisions the job's VMs and waits until their slurmds registered;
+//! EpilogSlurmctld powers the nodes down and tears the VMs down; SuspendProgram terminates
+//! anything still mapped to the nodes it powers down; ResumeProgram only acknowledges.
+//!
+//! Every SLURM-facing step goes through [`crate::slurm`]; every OpenNebula one through
+//! [`crate::provision`].
+
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::mapping::MappingDb;
+use crate::one::client::Client;
+use crate::options;
+use crate::provision::{JobRequest, NodeRequest, ProvisionError, Provisioner};
+use crate::slurm::{self, SlurmError};
+
+/// Why a hook failed; the message is what lands in the node reason and job comment.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    /// A variable slurmctld should have set is missing or malformed.
+    #[error("environment: {0}")]
+    Environment(String),
+    /// A `--one-*` value did not pass the admin's rules.
+    #[error(transparent)]
+    Option(#[from] options::OptionError),
+    /// Provisioning or teardown failed.
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    /// A SLURM command failed.
+    #[error(transparent)]
+    Slurm(#[from] SlurmError),
+    /// The nodes did not register in time.
+    #[error("nodes {nodes} did not register with slurmctld within {waited:?}")]
+    Registration {
+        /// The nodes still powering up.
+        nodes: String,
+        /// How long the hook waited.
+        waited: Duration,
+    },
+}
+
+/// What every hook needs: config, OpenNebula, the table.
+pub struct HookContext {
+    /// The loaded config.
+    pub cfg: Config,
+    /// OpenNebula client.
+    pub one: Client,
+    /// Mapping table.
+    pub db: MappingDb,
+}
+
+/// Where a hook finds its config: `$SLURM_ONE_CONFIG`, else `slurm-one.toml` beside the
+/// program (slurmctld gives hooks no arguments and a bare environment), else
+/// `/etc/slurm-one/slurm-one.toml`.
+pub fn config_path() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os(crate::config::CONFIG_PATH_ENV) {
+        return p.into();
+    }
+    if let Some(beside) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("slurm-one.toml")))
+        .filter(|p| p.exists())
+    {
+        return beside;
+    }
+    crate::config::DEFAULT_CONFIG_PATH.into()
+}
+
+/// Loads config, starts logging (syslog, ident `program`), opens OpenNebula and the table.
+/// The error is one line for the hook to print and exit with.
+pub fn setup(program: &str) -> Result<HookContext, String> {
+    let path = config_path();
+    let cfg = Config::load(&path).map_err(|e| e.to_string())?;
+    let stderr = std::env::var_os("SLURM_ONE_DEBUG").is_some();
+    crate::logging::init(program, cfg.logging.syslog_facility, cfg.logging.level, stderr);
+    let one = crate::admin::client(&cfg, false).map_err(|e| e.to_string())?;
+    let db = crate::admin::open_db(&cfg).map_err(|e| e.to_string())?;
+    Ok(HookContext { cfg, one, db })
+}
+
+/// What PrologSlurmctld reads from its environment (set once, typed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrologEnv {
+    /// SLURM_JOB_ID.
+    pub job_id: u32,
+    /// SLURM_JOB_NODELIST, expanded.
+    pub nodes: Vec<String>,
+    /// SLURM_JOB_CPUS_PER_NODE, expanded, one per node.
+    pub cpus: Vec<u32>,
+    /// SLURM_JOB_NAME.
+    pub job_name: String,
+    /// SLURM_JOB_USER.
+    pub user: String,
+    /// SLURM_JOB_RESTART_COUNT.
+    pub restarts: u32,
+    /// SPANK_SLURM_ONE_TEMPLATE (the user's `--one-template`).
+    pub template: Option<String>,
+    /// SPANK_SLURM_ONE_CPU_SHARE (the user's `--one-cpu-share`).
+    pub cpu_share: Option<String>,
+}
+
+fn required(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Result<String, HookError> {
+    env(name)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| HookError::Environment(format!("{name} is not set")))
+}
+
+fn job_id_from(env: &dyn Fn(&str) -> Option<String>) -> Result<u32, HookError> {
+    let text = required(env, "SLURM_JOB_ID")?;
+    text.parse().map_err(|_| HookError::Environment(format!("SLURM_JOB_ID={text:?} is not a job id")))
+}
+
+fn nodes_from(env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<String>, HookError> {
+    slurm::expand_hostlist(&required(env, "SLURM_JOB_NODELIST")?).map_err(HookError::Environment)
+}
+
+impl PrologEnv {
+    /// Reads the prolog's environment through `env` (tests pass a map).
+    pub fn read(env: &dyn Fn(&str) -> Option<String>) -> Result<PrologEnv, HookError> {
+        let job_id = job_id_from(env)?;
+        let nodes = nodes_from(env)?;
+        let cpus_text = required(env, "SLURM_JOB_CPUS_PER_NODE")?;
+        let cpus = slurm::expand_cpus_per_node(&cpus_text)
+            .filter(|c| c.len() == nodes.len())
+            .ok_or_else(|| {
+                HookError::Environment(format!(
+                    "SLURM_JOB_CPUS_PER_NODE={cpus_text:?} does not match {} nodes",
+                    nodes.len()
+                ))
+            })?;
+        Ok(PrologEnv {
+            job_id,
+            nodes,
+            cpus,
+            job_name: env("SLURM_JOB_NAME").unwrap_or_default(),
+            user: env("SLURM_JOB_USER").unwrap_or_default(),
+            restarts: env("SLURM_JOB_RESTART_COUNT").and_then(|r| r.parse().ok()).unwrap_or(0),
+            template: env(&format!("SPANK_{}", options::TEMPLATE_VAR)).filter(|v| !v.is_empty()),
+            cpu_share: env(&format!("SPANK_{}", options::CPU_SHARE_VAR)).filter(|v| !v.is_empty()),
+        })
+    }
+}
+
+/// The job's nodes that are slurm-one's: those SLURM knows as CLOUD nodes.
+fn cloud_nodes(nodes: &[String]) -> Result<Vec<String>, HookError> {
+    let info = slurm::nodes(&nodes.join(","))?;
+    Ok(nodes
+        .iter()
+        .filter(|n| info.iter().any(|i| &i.name == *n && i.has("CLOUD")))
+        .cloned()
+        .collect())
+}
+
+/// PrologSlurmctld: provision, set node addresses, wait for registration. On failure the
+/// VMs are gone, the nodes are DOWN then POWER_DOWN with the reason, the job's
+/// AdminComment says why, and after `max_prolog_attempts` failures the job is held.
+pub fn prolog_slurmctld(cfg: &Config, one: &Client, db: &MappingDb, env: &PrologEnv) -> Result<(), HookError> {
+    let job_id = env.job_id;
+    let cloud = cloud_nodes(&env.nodes)?;
+    if cloud.is_empty() {
+        log::info!("job {job_id}: no cloud nodes, nothing to provision");
+        return Ok(());
+    }
+    let result = provision_and_register(cfg, one, db, env, &cloud);
+    if let Err(e) = &result {
+        let attempt = env.restarts + 1;
+        let reason = format!("slurm-one: {e}");
+        log::error!("job {job_id}: attempt {attempt}: {e}");
+        if let Err(s) = slurm::down_then_power_down(&cloud, &reason) {
+            log::error!("job {job_id}: cannot set nodes down: {s}");
+        }
+        let max = cfg.provisioning.max_prolog_attempts;
+        let comment = if attempt >= max {
+            format!("{reason} (attempt {attempt} of {max}; job held, release it with scontrol release {job_id})")
+        } else {
+            format!("{reason} (attempt {attempt} of {max}; requeued)")
+        };
+        if let Err(s) = slurm::set_job_admin_comment(job_id, &comment) {
+            log::warn!("job {job_id}: cannot set AdminComment: {s}");
+        }
+        if attempt >= max {
+            log::error!("job {job_id}: {attempt} failed attempts, holding the job");
+            if let Err(s) = slurm::requeue_hold(job_id) {
+                log::error!("job {job_id}: cannot hold: {s}");
+            }
+        }
+    }
+    result
+}
+
+fn provision_and_register(
+    cfg: &Config,
+    one: &Client,
+    db: &MappingDb,
+    env: &PrologEnv,
+    cloud: &[String],
+) -> Result<(), HookError> {
+    let job_id = env.job_id;
+    let template = env.template.as_deref().map(|t| options::parse_template(cfg, t)).transpose()?;
+    let cpu_share = env.cpu_share.as_deref().map(|s| options::parse_cpu_share(cfg, s)).transpose()?;
+    let job = slurm::job_info(job_id)?;
+    let nodes: Vec<NodeRequest> = env
+        .nodes
+        .iter()
+        .zip(&env.cpus)
+        .filter(|(n, _)| cloud.contains(n))
+        .map(|(n, c)| NodeRequest { name: n.clone(), cpus: *c })
+        .collect();
+    let max_cpus = u64::from(nodes.iter().map(|n| n.cpus).max().unwrap_or(1));
+    let request = JobRequest {
+        job_id,
+        job_name: env.job_name.clone(),
+        user: env.user.clone(),
+        memory_mb: job.mem_per_node_mb.or(job.mem_per_cpu_mb.map(|m| m * max_cpus)),
+        nodes,
+        cpu_share,
+        template,
+    };
+    let up = Provisioner::new(cfg, one, db).provision(&request)?;
+    let addrs: Vec<(String, String)> =
+        up.iter().filter_map(|n| n.ip.clone().map(|ip| (n.node.clone(), ip))).collect();
+    if addrs.len() != up.len() {
+        log::warn!("job {job_id}: some VMs have no IP; their nodes keep their configured address");
+    }
+    if !addrs.is_empty() {
+        slurm::set_node_addrs(&addrs)?;
+    }
+    let result = wait_registered(cfg, cloud);
+    if result.is_err() {
+        // The VMs are up but useless to SLURM: do not leave them running.
+        let _ = Provisioner::new(cfg, one, db).teardown(job_id);
+    }
+    result?;
+    log::info!("job {job_id}: {} nodes registered, job can start", cloud.len());
+    Ok(())
+}
+
+/// Waits until no node of the job is still powering up (its slurmd registered).
+fn wait_registered(cfg: &Config, nodes: &[String]) -> Result<(), HookError> {
+    let start = Instant::now();
+    let list = nodes.join(",");
+    let pause = cfg.provisioning.poll_interval.min(Duration::from_millis(500));
+    loop {
+        let info = slurm::nodes(&list)?;
+        let waiting: Vec<&str> = info
+            .iter()
+            .filter(|n| n.has("POWERING_UP") || n.has("NOT_RESPONDING") || n.has("POWERED_DOWN"))
+            .map(|n| n.name.as_str())
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() >= cfg.provisioning.register_timeout {
+            return Err(HookError::Registration { nodes: waiting.join(","), waited: start.elapsed() });
+        }
+        std::thread::sleep(pause);
+    }
+}
+
+/// EpilogSlurmctld: nodes DOWN → POWER_DOWN (so they cannot be given to a new job while
+/// their VMs go), then terminate the VMs and clear the rows.
+pub fn epilog_slurmctld(
+    cfg: &Config,
+    one: &Client,
+    db: &MappingDb,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), HookError> {
+    let job_id = job_id_from(env)?;
+    let rows = db
+        .job_rows(&cfg.cluster.name, job_id)
+        .map_err(|source| ProvisionError::Mapping { job_id, source })?;
+    let mut nodes: Vec<String> = rows.iter().map(|r| r.node.clone()).collect();
+    if nodes.is_empty() {
+        // Nothing recorded (a failed prolog cleaned up already): still return the job's
+        // cloud nodes to the pool.
+        nodes = cloud_nodes(&nodes_from(env)?)?;
+    }
+    if let Err(e) = slurm::down_then_power_down(&nodes, &format!("slurm-one: job {job_id} ended, VMs being removed")) {
+        log::warn!("job {job_id}: cannot power nodes down: {e}");
+    }
+    let report = Provisioner::new(cfg, one, db).teardown(job_id)?;
+    log::info!(
+        "job {job_id}: epilog removed {} VMs ({} already gone)",
+        report.terminated.len(),
+        report.already_gone.len()
+    );
+    Ok(())
+}
+
+/// SuspendProgram (argv[1] = hostlist): terminate whatever is still mapped to these nodes.
+pub fn suspend_program(cfg: &Config, one: &Client, db: &MappingDb, hostlist: &str) -> Result<(), HookError> {
+    let nodes = slurm::expand_hostlist(hostlist).map_err(HookError::Environment)?;
+    let engine = Provisioner::new(cfg, one, db);
+    let mut first_error = None;
+    for node in nodes {
+        let row = db
+            .node_row(&cfg.cluster.name, &node)
+            .map_err(|source| ProvisionError::Mapping { job_id: 0, source })?;
+        if let Some(row) = row {
+            log::warn!("node {node} powers down while job {} still maps to VM {:?}: tearing down", row.job_id, row.vm_id);
+            if let Err(e) = engine.teardown(row.job_id) {
+                first_error.get_or_insert(HookError::from(e));
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn prolog_env_reads_nodes_cpus_and_options() {
+        let e = env(&[
+            ("SLURM_JOB_ID", "12"),
+            ("SLURM_JOB_NODELIST", "vm[1-3]"),
+            ("SLURM_JOB_CPUS_PER_NODE", "2(x2),1"),
+            ("SLURM_JOB_NAME", "my job"),
+            ("SLURM_JOB_USER", "alice"),
+            ("SLURM_JOB_RESTART_COUNT", "1"),
+            ("SPANK_SLURM_ONE_TEMPLATE", "big"),
+            ("SPANK_SLURM_ONE_CPU_SHARE", "0.5"),
+        ]);
+        let p = PrologEnv::read(&e).unwrap();
+        assert_eq!(p.nodes, vec!["vm1", "vm2", "vm3"]);
+        assert_eq!(p.cpus, vec![2, 2, 1]);
+        assert_eq!(p.restarts, 1);
+        assert_eq!(p.template.as_deref(), Some("big"));
+        assert_eq!(p.cpu_share.as_deref(), Some("0.5"));
+    }
+
+    #[test]
+    fn prolog_env_names_what_is_missing_or_inconsistent() {
+        let err = PrologEnv::read(&env(&[("SLURM_JOB_NODELIST", "vm1")])).unwrap_err();
+        assert_eq!(err.to_string(), "environment: SLURM_JOB_ID is not set");
+        let err = PrologEnv::read(&env(&[
+            ("SLURM_JOB_ID", "1"),
+            ("SLURM_JOB_NODELIST", "vm[1-2]"),
+            ("SLURM_JOB_CPUS_PER_NODE", "2"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("does not match 2 nodes"), "{err}");
+        let err = PrologEnv::read(&env(&[("SLURM_JOB_ID", "x1")])).unwrap_err();
+        assert!(err.to_string().contains("not a job id"), "{err}");
+    }
+}
