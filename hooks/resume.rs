@@ -12,7 +12,9 @@ fn main() -> ExitCode {
         process: "slurm-one-resume".into(),
         pid: std::process::id(),
     }) {
-        let _ = log.info(format!("resume of {nodes} acknowledged; PrologSlurmctld provisions"));
+        let _ = log.info(format!(
+            "resume of {nodes} acknowledged; PrologSlurmctld provisions"
+        ));
     }
     ExitCode::SUCCESS
 }

@@ -112,6 +112,9 @@ pub struct ClusterSettings {
     pub name: String,
     /// Absolute path of the SQLite job/VM mapping.
     pub database: PathBuf,
+    /// slurm.conf the hooks' `scontrol` calls use when slurmctld's is not at SLURM's
+    /// default path (slurmctld gives its hooks no SLURM_CONF).
+    pub slurm_conf: Option<PathBuf>,
 }
 
 /// Where a template's VMs come from.
@@ -193,6 +196,8 @@ pub struct LoggingSettings {
     pub syslog_facility: SyslogFacility,
     /// Most verbose level logged.
     pub level: LogLevel,
+    /// Also append log lines to this file (for hosts without a syslog socket).
+    pub file: Option<PathBuf>,
 }
 
 /// The syslog facilities an admin may choose.
@@ -702,6 +707,7 @@ struct RawOpenNebula {
 struct RawCluster {
     name: Option<String>,
     database: Option<PathBuf>,
+    slurm_conf: Option<PathBuf>,
 }
 
 /// `[templates]` less its `[templates.NAME]` sub-tables.
@@ -747,6 +753,7 @@ struct RawProvisioning {
 struct RawLogging {
     syslog_facility: Option<SyslogFacility>,
     level: Option<LogLevel>,
+    file: Option<PathBuf>,
 }
 
 /// A duration as written; its own type so that a bare number gets a message saying what to write.
@@ -967,9 +974,14 @@ fn build_cluster(table: Table, file: &Path) -> Result<ClusterSettings, ConfigErr
     let database = raw
         .database
         .unwrap_or_else(|| PathBuf::from(defaults::DATABASE));
+    let slurm_conf = match raw.slurm_conf {
+        Some(p) => Some(absolute(p, "cluster.slurm_conf", file)?),
+        None => None,
+    };
     Ok(ClusterSettings {
         name,
         database: absolute(database, "cluster.database", file)?,
+        slurm_conf,
     })
 }
 
@@ -1248,6 +1260,7 @@ fn build_logging(table: Table, file: &Path) -> Result<LoggingSettings, ConfigErr
     Ok(LoggingSettings {
         syslog_facility: raw.syslog_facility.unwrap_or(defaults::SYSLOG_FACILITY),
         level: raw.level.unwrap_or(defaults::LOG_LEVEL),
+        file: raw.file,
     })
 }
 
@@ -1326,6 +1339,7 @@ mod tests {
             ClusterSettings {
                 name: "slurm".into(),
                 database: "/var/lib/slurm-one/mapping.db".into(),
+                slurm_conf: None,
             }
         );
         assert_eq!(c.templates.default, "small");
@@ -1358,6 +1372,7 @@ mod tests {
             LoggingSettings {
                 syslog_facility: SyslogFacility::Daemon,
                 level: LogLevel::Info,
+                file: None,
             }
         );
     }

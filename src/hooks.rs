@@ -72,8 +72,18 @@ pub fn config_path() -> std::path::PathBuf {
 pub fn setup(program: &str) -> Result<HookContext, String> {
     let path = config_path();
     let cfg = Config::load(&path).map_err(|e| e.to_string())?;
+    if let (Some(conf), None) = (&cfg.cluster.slurm_conf, std::env::var_os("SLURM_CONF")) {
+        // Still single-threaded here: nothing reads the environment concurrently.
+        std::env::set_var("SLURM_CONF", conf);
+    }
     let stderr = std::env::var_os("SLURM_ONE_DEBUG").is_some();
-    crate::logging::init(program, cfg.logging.syslog_facility, cfg.logging.level, stderr);
+    crate::logging::init(
+        program,
+        cfg.logging.syslog_facility,
+        cfg.logging.level,
+        cfg.logging.file.as_deref(),
+        stderr,
+    );
     let one = crate::admin::client(&cfg, false).map_err(|e| e.to_string())?;
     let db = crate::admin::open_db(&cfg).map_err(|e| e.to_string())?;
     Ok(HookContext { cfg, one, db })
@@ -108,7 +118,8 @@ fn required(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Result<String, 
 
 fn job_id_from(env: &dyn Fn(&str) -> Option<String>) -> Result<u32, HookError> {
     let text = required(env, "SLURM_JOB_ID")?;
-    text.parse().map_err(|_| HookError::Environment(format!("SLURM_JOB_ID={text:?} is not a job id")))
+    text.parse()
+        .map_err(|_| HookError::Environment(format!("SLURM_JOB_ID={text:?} is not a job id")))
 }
 
 fn nodes_from(env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<String>, HookError> {
@@ -135,7 +146,9 @@ impl PrologEnv {
             cpus,
             job_name: env("SLURM_JOB_NAME").unwrap_or_default(),
             user: env("SLURM_JOB_USER").unwrap_or_default(),
-            restarts: env("SLURM_JOB_RESTART_COUNT").and_then(|r| r.parse().ok()).unwrap_or(0),
+            restarts: env("SLURM_JOB_RESTART_COUNT")
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0),
             template: env(&format!("SPANK_{}", options::TEMPLATE_VAR)).filter(|v| !v.is_empty()),
             cpu_share: env(&format!("SPANK_{}", options::CPU_SHARE_VAR)).filter(|v| !v.is_empty()),
         })
@@ -155,7 +168,12 @@ fn cloud_nodes(nodes: &[String]) -> Result<Vec<String>, HookError> {
 /// PrologSlurmctld: provision, set node addresses, wait for registration. On failure the
 /// VMs are gone, the nodes are DOWN then POWER_DOWN with the reason, the job's
 /// AdminComment says why, and after `max_prolog_attempts` failures the job is held.
-pub fn prolog_slurmctld(cfg: &Config, one: &Client, db: &MappingDb, env: &PrologEnv) -> Result<(), HookError> {
+pub fn prolog_slurmctld(
+    cfg: &Config,
+    one: &Client,
+    db: &MappingDb,
+    env: &PrologEnv,
+) -> Result<(), HookError> {
     let job_id = env.job_id;
     let cloud = cloud_nodes(&env.nodes)?;
     if cloud.is_empty() {
@@ -197,29 +215,44 @@ fn provision_and_register(
     cloud: &[String],
 ) -> Result<(), HookError> {
     let job_id = env.job_id;
-    let template = env.template.as_deref().map(|t| options::parse_template(cfg, t)).transpose()?;
-    let cpu_share = env.cpu_share.as_deref().map(|s| options::parse_cpu_share(cfg, s)).transpose()?;
+    let template = env
+        .template
+        .as_deref()
+        .map(|t| options::parse_template(cfg, t))
+        .transpose()?;
+    let cpu_share = env
+        .cpu_share
+        .as_deref()
+        .map(|s| options::parse_cpu_share(cfg, s))
+        .transpose()?;
     let job = slurm::job_info(job_id)?;
     let nodes: Vec<NodeRequest> = env
         .nodes
         .iter()
         .zip(&env.cpus)
         .filter(|(n, _)| cloud.contains(n))
-        .map(|(n, c)| NodeRequest { name: n.clone(), cpus: *c })
+        .map(|(n, c)| NodeRequest {
+            name: n.clone(),
+            cpus: *c,
+        })
         .collect();
     let max_cpus = u64::from(nodes.iter().map(|n| n.cpus).max().unwrap_or(1));
     let request = JobRequest {
         job_id,
         job_name: env.job_name.clone(),
         user: env.user.clone(),
-        memory_mb: job.mem_per_node_mb.or(job.mem_per_cpu_mb.map(|m| m * max_cpus)),
+        memory_mb: job
+            .mem_per_node_mb
+            .or(job.mem_per_cpu_mb.map(|m| m * max_cpus)),
         nodes,
         cpu_share,
         template,
     };
     let up = Provisioner::new(cfg, one, db).provision(&request)?;
-    let addrs: Vec<(String, String)> =
-        up.iter().filter_map(|n| n.ip.clone().map(|ip| (n.node.clone(), ip))).collect();
+    let addrs: Vec<(String, String)> = up
+        .iter()
+        .filter_map(|n| n.ip.clone().map(|ip| (n.node.clone(), ip)))
+        .collect();
     if addrs.len() != up.len() {
         log::warn!("job {job_id}: some VMs have no IP; their nodes keep their configured address");
     }
@@ -232,7 +265,10 @@ fn provision_and_register(
         let _ = Provisioner::new(cfg, one, db).teardown(job_id);
     }
     result?;
-    log::info!("job {job_id}: {} nodes registered, job can start", cloud.len());
+    log::info!(
+        "job {job_id}: {} nodes registered, job can start",
+        cloud.len()
+    );
     Ok(())
 }
 
@@ -240,7 +276,10 @@ fn provision_and_register(
 fn wait_registered(cfg: &Config, nodes: &[String]) -> Result<(), HookError> {
     let start = Instant::now();
     let list = nodes.join(",");
-    let pause = cfg.provisioning.poll_interval.min(Duration::from_millis(500));
+    let pause = cfg
+        .provisioning
+        .poll_interval
+        .min(Duration::from_millis(500));
     loop {
         let info = slurm::nodes(&list)?;
         let waiting: Vec<&str> = info
@@ -252,7 +291,10 @@ fn wait_registered(cfg: &Config, nodes: &[String]) -> Result<(), HookError> {
             return Ok(());
         }
         if start.elapsed() >= cfg.provisioning.register_timeout {
-            return Err(HookError::Registration { nodes: waiting.join(","), waited: start.elapsed() });
+            return Err(HookError::Registration {
+                nodes: waiting.join(","),
+                waited: start.elapsed(),
+            });
         }
         std::thread::sleep(pause);
     }
@@ -276,7 +318,10 @@ pub fn epilog_slurmctld(
         // cloud nodes to the pool.
         nodes = cloud_nodes(&nodes_from(env)?)?;
     }
-    if let Err(e) = slurm::down_then_power_down(&nodes, &format!("slurm-one: job {job_id} ended, VMs being removed")) {
+    if let Err(e) = slurm::down_then_power_down(
+        &nodes,
+        &format!("slurm-one: job {job_id} ended, VMs being removed"),
+    ) {
         log::warn!("job {job_id}: cannot power nodes down: {e}");
     }
     let report = Provisioner::new(cfg, one, db).teardown(job_id)?;
@@ -289,7 +334,12 @@ pub fn epilog_slurmctld(
 }
 
 /// SuspendProgram (argv[1] = hostlist): terminate whatever is still mapped to these nodes.
-pub fn suspend_program(cfg: &Config, one: &Client, db: &MappingDb, hostlist: &str) -> Result<(), HookError> {
+pub fn suspend_program(
+    cfg: &Config,
+    one: &Client,
+    db: &MappingDb,
+    hostlist: &str,
+) -> Result<(), HookError> {
     let nodes = slurm::expand_hostlist(hostlist).map_err(HookError::Environment)?;
     let engine = Provisioner::new(cfg, one, db);
     let mut first_error = None;
@@ -298,7 +348,11 @@ pub fn suspend_program(cfg: &Config, one: &Client, db: &MappingDb, hostlist: &st
             .node_row(&cfg.cluster.name, &node)
             .map_err(|source| ProvisionError::Mapping { job_id: 0, source })?;
         if let Some(row) = row {
-            log::warn!("node {node} powers down while job {} still maps to VM {:?}: tearing down", row.job_id, row.vm_id);
+            log::warn!(
+                "node {node} powers down while job {} still maps to VM {:?}: tearing down",
+                row.job_id,
+                row.vm_id
+            );
             if let Err(e) = engine.teardown(row.job_id) {
                 first_error.get_or_insert(HookError::from(e));
             }
@@ -316,7 +370,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 

@@ -11,6 +11,7 @@ use crate::config::{LogLevel, SyslogFacility};
 
 struct HookLogger {
     syslog: Option<Mutex<Logger<LoggerBackend, Formatter3164>>>,
+    file: Option<Mutex<std::fs::File>>,
     stderr: bool,
     program: String,
     level: log::LevelFilter,
@@ -35,6 +36,21 @@ impl log::Log for HookLogger {
                     log::Level::Info => s.info(&text),
                     log::Level::Debug | log::Level::Trace => s.debug(&text),
                 };
+            }
+        }
+        if let Some(file) = &self.file {
+            if let Ok(mut f) = file.lock() {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                let _ = writeln!(
+                    f,
+                    "{now:.3} {}[{}]: {}: {text}",
+                    self.program,
+                    std::process::id(),
+                    r.level().as_str().to_ascii_lowercase()
+                );
             }
         }
         if self.stderr {
@@ -71,9 +87,16 @@ fn level_filter(level: LogLevel) -> log::LevelFilter {
     }
 }
 
-/// Installs the logger once per process. Without a syslog socket (`/dev/log`) only stderr
-/// is used, if asked for. A second call is ignored.
-pub fn init(program: &str, fac: SyslogFacility, level: LogLevel, stderr: bool) {
+/// Installs the logger once per process: syslog if the host has a socket, the file if
+/// given (appended; a file that cannot be opened is skipped), stderr if asked for. A second
+/// call is ignored.
+pub fn init(
+    program: &str,
+    fac: SyslogFacility,
+    level: LogLevel,
+    file: Option<&std::path::Path>,
+    stderr: bool,
+) {
     let formatter = Formatter3164 {
         facility: facility(fac),
         hostname: None,
@@ -82,8 +105,18 @@ pub fn init(program: &str, fac: SyslogFacility, level: LogLevel, stderr: bool) {
     };
     let syslog = syslog::unix(formatter).ok().map(Mutex::new);
     let filter = level_filter(level);
+    let file = file
+        .and_then(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .ok()
+        })
+        .map(Mutex::new);
     let logger = HookLogger {
         syslog,
+        file,
         stderr,
         program: program.to_string(),
         level: filter,

@@ -50,7 +50,10 @@ pub fn run(argv: &[&str], timeout: Duration) -> Result<String, SlurmError> {
     let mut cmd = Command::new(program);
     // slurmctld runs its hooks with no PATH at all.
     if std::env::var_os("PATH").is_none() {
-        cmd.env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin");
+        cmd.env(
+            "PATH",
+            "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+        );
     }
     let mut child = cmd
         .args(args)
@@ -136,7 +139,11 @@ pub fn parse_key_values(line: &str) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     for token in line.split(' ') {
         match token.split_once('=') {
-            Some((k, v)) if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') => {
+            Some((k, v))
+                if !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') =>
+            {
                 out.push((k.to_string(), v.to_string()));
             }
             _ => {
@@ -189,14 +196,19 @@ pub fn parse_job(line: &str) -> JobInfo {
     JobInfo {
         mem_per_node_mb: mem("MinMemoryNode"),
         mem_per_cpu_mb: mem("MinMemoryCPU"),
-        restarts: get(&kv, "Restarts").and_then(|r| r.parse().ok()).unwrap_or(0),
+        restarts: get(&kv, "Restarts")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0),
         state: get(&kv, "JobState").unwrap_or("").to_string(),
     }
 }
 
 /// `scontrol show job -o ID`.
 pub fn job_info(job_id: u32) -> Result<JobInfo, SlurmError> {
-    let out = run(&["scontrol", "show", "job", "-o", &job_id.to_string()], COMMAND_TIMEOUT)?;
+    let out = run(
+        &["scontrol", "show", "job", "-o", &job_id.to_string()],
+        COMMAND_TIMEOUT,
+    )?;
     Ok(parse_job(&out))
 }
 
@@ -228,7 +240,11 @@ pub fn parse_nodes(text: &str) -> Vec<NodeInfo> {
             let kv = parse_key_values(l.trim());
             NodeInfo {
                 name: get(&kv, "NodeName").unwrap_or("").to_string(),
-                state: get(&kv, "State").unwrap_or("").split('+').map(str::to_string).collect(),
+                state: get(&kv, "State")
+                    .unwrap_or("")
+                    .split('+')
+                    .map(str::to_string)
+                    .collect(),
                 addr: get(&kv, "NodeAddr").unwrap_or("").to_string(),
                 reason: get(&kv, "Reason").map(str::to_string),
             }
@@ -248,7 +264,11 @@ pub fn set_node_addrs(pairs: &[(String, String)]) -> Result<(), SlurmError> {
     let addrs: Vec<&str> = pairs.iter().map(|(_, a)| a.as_str()).collect();
     let name_arg = format!("nodename={}", names.join(","));
     let addr_arg = format!("nodeaddr={}", addrs.join(","));
-    run(&["scontrol", "update", &name_arg, &addr_arg], COMMAND_TIMEOUT).map(|_| ())
+    run(
+        &["scontrol", "update", &name_arg, &addr_arg],
+        COMMAND_TIMEOUT,
+    )
+    .map(|_| ())
 }
 
 /// Sets nodes DOWN with a reason, then POWER_DOWN, so they go back to powered-down idle
@@ -259,8 +279,15 @@ pub fn down_then_power_down(nodes: &[String], reason: &str) -> Result<(), SlurmE
     }
     let name_arg = format!("nodename={}", nodes.join(","));
     let reason_arg = format!("reason={}", one_line(reason, 200));
-    run(&["scontrol", "update", &name_arg, "state=down", &reason_arg], COMMAND_TIMEOUT)?;
-    run(&["scontrol", "update", &name_arg, "state=power_down"], COMMAND_TIMEOUT).map(|_| ())
+    run(
+        &["scontrol", "update", &name_arg, "state=down", &reason_arg],
+        COMMAND_TIMEOUT,
+    )?;
+    run(
+        &["scontrol", "update", &name_arg, "state=power_down"],
+        COMMAND_TIMEOUT,
+    )
+    .map(|_| ())
 }
 
 /// Puts a reason where `scontrol show job` shows it (AdminComment).
@@ -272,12 +299,19 @@ pub fn set_job_admin_comment(job_id: u32, text: &str) -> Result<(), SlurmError> 
 
 /// `scontrol requeuehold JOB`: requeue and hold, so a job that keeps failing stops looping.
 pub fn requeue_hold(job_id: u32) -> Result<(), SlurmError> {
-    run(&["scontrol", "requeuehold", &job_id.to_string()], COMMAND_TIMEOUT).map(|_| ())
+    run(
+        &["scontrol", "requeuehold", &job_id.to_string()],
+        COMMAND_TIMEOUT,
+    )
+    .map(|_| ())
 }
 
 /// Makes text one bounded line (scontrol arguments and reasons are single-line).
 fn one_line(text: &str, max: usize) -> String {
-    text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(max).collect()
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect()
 }
 
 /// Job states after which SLURM no longer needs the job's nodes.
@@ -370,7 +404,10 @@ mod tests {
         assert_eq!(job.restarts, 2);
         assert_eq!(job.state, "CONFIGURING");
         let per_cpu = parse_job("JobId=8 Restarts=0 MinMemoryCPU=256M");
-        assert_eq!((per_cpu.mem_per_node_mb, per_cpu.mem_per_cpu_mb), (None, Some(256)));
+        assert_eq!(
+            (per_cpu.mem_per_node_mb, per_cpu.mem_per_cpu_mb),
+            (None, Some(256))
+        );
     }
 
     #[test]
@@ -379,7 +416,10 @@ mod tests {
         let nodes = parse_nodes(text);
         assert_eq!(nodes.len(), 2);
         assert!(nodes[0].has("POWERED_DOWN") && nodes[0].has("CLOUD"));
-        assert_eq!(nodes[0].reason.as_deref(), Some("slurm-one: VM 3 BOOT_FAILURE [root@2026-11-26T07:00:00]"));
+        assert_eq!(
+            nodes[0].reason.as_deref(),
+            Some("slurm-one: VM 3 BOOT_FAILURE [root@2026-11-26T07:00:00]")
+        );
         assert!(nodes[1].has("POWERING_UP"));
         assert_eq!(nodes[1].addr, "10.77.0.3");
     }

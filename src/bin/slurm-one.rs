@@ -106,7 +106,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
     } else {
         cfg.logging.level
     };
-    slurm_one::logging::init("slurm-one", cfg.logging.syslog_facility, level, true);
+    slurm_one::logging::init(
+        "slurm-one",
+        cfg.logging.syslog_facility,
+        level,
+        cfg.logging.file.as_deref(),
+        true,
+    );
 
     if let Cmd::Check = cli.command {
         let mut ok = true;

@@ -72,6 +72,162 @@ impl OneError {
     }
 }
 
+/// The owner of an object, or the user making a call: oned's UID, GID, UNAME, GNAME.
+///
+/// Users come from the auth file: `oneadmin` is uid 0 in group 0 `oneadmin`; every other
+/// user is in group 1 `users`, like a user created with `oneuser create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// User name.
+    pub uname: String,
+    /// Group name.
+    pub gname: String,
+}
+
+impl Owner {
+    /// oneadmin (uid 0, group 0 `oneadmin`).
+    pub fn oneadmin() -> Owner {
+        Owner {
+            uid: 0,
+            gid: 0,
+            uname: "oneadmin".into(),
+            gname: "oneadmin".into(),
+        }
+    }
+
+    /// A member of the `oneadmin` group (oned lets it do everything).
+    pub fn is_admin(&self) -> bool {
+        self.uid == 0 || self.gid == 0
+    }
+}
+
+impl Default for Owner {
+    /// Records saved before ownership existed belong to oneadmin.
+    fn default() -> Self {
+        Owner::oneadmin()
+    }
+}
+
+/// The operation an authorization item asks for (`AuthRequest::Operation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthOp {
+    /// USE: read it, instantiate it.
+    Use,
+    /// MANAGE: most VM actions, update, resize.
+    Manage,
+    /// ADMIN: deploy, migrate, recover, resched.
+    Admin,
+    /// CREATE a new object.
+    Create,
+}
+
+impl AuthOp {
+    fn name(self) -> &'static str {
+        match self {
+            AuthOp::Use => "USE",
+            AuthOp::Manage => "MANAGE",
+            AuthOp::Admin => "ADMIN",
+            AuthOp::Create => "CREATE",
+        }
+    }
+}
+
+/// One item of an authorization request: operation, object type as oned prints it, id
+/// (-1 for CREATE) and owner.
+struct AuthItem<'a> {
+    op: AuthOp,
+    kind: &'static str,
+    oid: i64,
+    owner: Option<&'a Owner>,
+}
+
+impl<'a> AuthItem<'a> {
+    fn new(op: AuthOp, kind: &'static str, oid: i64, owner: &'a Owner) -> Self {
+        AuthItem {
+            op,
+            kind,
+            oid,
+            owner: Some(owner),
+        }
+    }
+
+    fn create(kind: &'static str) -> Self {
+        AuthItem {
+            op: AuthOp::Create,
+            kind,
+            oid: -1,
+            owner: None,
+        }
+    }
+
+    /// oned's default rules for a user outside the oneadmin group: objects carry the
+    /// default permissions (umask 177: OWNER_U and OWNER_M only), and ACL rule 0 lets the
+    /// `users` group create VMs and templates. Nothing grants ADMIN.
+    fn granted(&self, caller: &Owner) -> bool {
+        match self.op {
+            AuthOp::Create => matches!(self.kind, "VM" | "TEMPLATE"),
+            AuthOp::Use | AuthOp::Manage => self.owner.is_some_and(|o| o.uid == caller.uid),
+            AuthOp::Admin => false,
+        }
+    }
+}
+
+/// `AuthRequest` with the core authorization: oneadmin's group may do everything; for
+/// others every refused item adds `Not authorized to perform OP TYPE [id]` to the message
+/// (`AuthRequest::add_auth`), and the request layer wraps it as
+/// `User [uid] : message.` (`Request::failure_message`).
+fn authorize(caller: &Owner, items: &[AuthItem<'_>]) -> Result<(), OneError> {
+    if caller.is_admin() {
+        return Ok(());
+    }
+    let refused: Vec<String> = items
+        .iter()
+        .filter(|i| !i.granted(caller))
+        .map(|i| {
+            let mut m = format!("Not authorized to perform {} {}", i.op.name(), i.kind);
+            if i.oid != -1 {
+                m.push_str(&format!(" [{}]", i.oid));
+            }
+            m
+        })
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(OneError::new(
+        ErrorCode::Authorization,
+        format!("User [{}] : {}.", caller.uid, refused.join("; ")),
+    ))
+}
+
+/// The operation oned.conf's default VM_*_OPERATIONS give a `one.vm.action` action; an
+/// unknown action is authorized as the request's default, MANAGE.
+fn vm_action_op(action: &str) -> AuthOp {
+    match action {
+        "resched" | "unresched" => AuthOp::Admin,
+        _ => AuthOp::Manage,
+    }
+}
+
+/// Whether a pool listing with `filter` shows an object of `owner` to `caller`
+/// (`PoolSQL::usr_filter`; objects keep the default permissions, so GROUP_U and OTHER_U
+/// are 0 and only oneadmin's group sees other users' objects).
+fn listed(caller: &Owner, filter: i32, owner: &Owner) -> bool {
+    let all = caller.is_admin();
+    let mine = owner.uid == caller.uid;
+    match filter {
+        -4 => owner.gid == caller.gid && (all || mine),
+        -3 => mine,
+        -2 => all || mine,
+        -1 => mine || (all && owner.gid == caller.gid),
+        uid => i64::from(owner.uid) == i64::from(uid) && (all || mine),
+    }
+}
+
 /// `History::VMAction` numbers written in HISTORY/ACTION.
 #[allow(missing_docs)]
 pub mod history_action {
@@ -142,6 +298,9 @@ pub enum DriverCall {
 pub struct Vm {
     pub id: u32,
     pub name: String,
+    /// Owner: the user who allocated or instantiated it.
+    #[serde(default)]
+    pub owner: Owner,
     pub state: VmState,
     pub lcm: LcmState,
     pub prev_state: VmState,
@@ -167,6 +326,10 @@ pub struct Vm {
     pub pending_call: Option<DriverCall>,
     /// Host to move to when a migration completes.
     pub migrate_to: Option<u32>,
+    /// STOPPED or UNDEPLOYED while a resumed VM waits in PENDING: its placement goes
+    /// through PROLOG_RESUME or PROLOG_UNDEPLOY instead of PROLOG.
+    #[serde(default)]
+    pub resume_from: Option<VmState>,
 }
 
 impl Vm {
@@ -258,6 +421,8 @@ impl Host {
 pub struct VmTemplate {
     pub id: u32,
     pub name: String,
+    #[serde(default)]
+    pub owner: Owner,
     pub regtime: i64,
     pub template: Template,
 }
@@ -346,6 +511,9 @@ pub struct Cloud {
     /// Capacity given to hosts added with one.host.allocate: (cores, MiB).
     pub default_host: (u32, u64),
     pub next_request_id: i64,
+    /// User name → uid, for every user of the auth file ever seen (oneadmin is 0).
+    #[serde(default)]
+    pub users: BTreeMap<String, u32>,
     /// Lifecycle timing (from the command line, not persisted).
     #[serde(skip)]
     pub timing: Timing,
@@ -368,35 +536,88 @@ fn now_secs(now_ms: u64) -> i64 {
     i64::try_from(now_ms / 1000).unwrap_or(i64::MAX)
 }
 
-/// oned's validation of a positive integer MEMORY / VCPU and a positive float CPU.
-fn validate_capacity(t: &Template) -> Result<(), OneError> {
-    let mem_ok = t
+/// `istringstream >> long` over the whole value, as oned's `Template::get(name, long&)`:
+/// leading blanks are skipped, anything after the number (even a blank) fails.
+fn cxx_long(s: &str) -> Option<i64> {
+    let t = s.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
+    if t.is_empty() {
+        return None;
+    }
+    t.parse().ok()
+}
+
+/// `istringstream >> float` over the whole value (`Template::get(name, float&)`): decimal
+/// or exponent notation only; no `inf`, `nan` or hex, and out-of-range values fail.
+fn cxx_float(s: &str) -> Option<f32> {
+    let t = s.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
+    if t.is_empty() || !t.chars().all(|c| c.is_ascii_digit() || "+-.eE".contains(c)) {
+        return None;
+    }
+    t.parse::<f32>().ok().filter(|v| v.is_finite())
+}
+
+/// A float as `ostream << float` writes it (`%g` with 6 significant digits), which is how
+/// oned stores CPU back into the template: `0.50` → `0.5`, `2.0` → `2`.
+pub fn cxx_float_str(v: f32) -> String {
+    fn trim(m: &str) -> &str {
+        if m.contains('.') {
+            m.trim_end_matches('0').trim_end_matches('.')
+        } else {
+            m
+        }
+    }
+    let v = f64::from(v);
+    if v == 0.0 {
+        return "0".into();
+    }
+    let sci = format!("{v:.5e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if !(-4..6).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        return format!("{}e{sign}{:02}", trim(mantissa), exp.abs());
+    }
+    let decimals = usize::try_from(5 - exp).unwrap_or(0);
+    trim(&format!("{v:.decimals$}")).to_string()
+}
+
+/// oned's checks of MEMORY (positive long), CPU (positive float) and the optional VCPU
+/// (positive long) in `VirtualMachine::insert`, which also writes them back normalised:
+/// `MEMORY="0384"` is stored as `384`, `CPU="0.50"` as `0.5`, `VCPU="02"` as `2`.
+fn normalise_capacity(t: &mut Template) -> Result<(), OneError> {
+    let memory = t
         .get("MEMORY")
-        .and_then(|v| v.trim().parse::<i64>().ok())
-        .is_some_and(|m| m > 0);
-    if !mem_ok {
-        return Err(OneError::new(
-            ErrorCode::Internal,
-            "MEMORY attribute must be a positive integer value.",
-        ));
-    }
-    let cpu_ok = t
+        .and_then(cxx_long)
+        .filter(|m| *m > 0)
+        .ok_or_else(|| {
+            OneError::new(
+                ErrorCode::Internal,
+                "MEMORY attribute must be a positive integer value.",
+            )
+        })?;
+    let cpu = t
         .get("CPU")
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .is_some_and(|c| c > 0.0 && c.is_finite());
-    if !cpu_ok {
-        return Err(OneError::new(
-            ErrorCode::Internal,
-            "CPU attribute must be a positive float or integer value.",
-        ));
-    }
-    if let Some(v) = t.get("VCPU") {
-        if !v.trim().parse::<i64>().is_ok_and(|n| n > 0) {
-            return Err(OneError::new(
+        .and_then(cxx_float)
+        .filter(|c| *c > 0.0)
+        .ok_or_else(|| {
+            OneError::new(
+                ErrorCode::Internal,
+                "CPU attribute must be a positive float or integer value.",
+            )
+        })?;
+    let vcpu = match t.get("VCPU") {
+        Some(v) if !v.is_empty() => Some(cxx_long(v).filter(|n| *n > 0).ok_or_else(|| {
+            OneError::new(
                 ErrorCode::Internal,
                 "VCPU attribute must be a positive integer value.",
-            ));
-        }
+            )
+        })?),
+        _ => None,
+    };
+    t.set("MEMORY", &memory.to_string());
+    t.set("CPU", &cxx_float_str(cpu));
+    if let Some(n) = vcpu {
+        t.set("VCPU", &n.to_string());
     }
     Ok(())
 }
@@ -436,22 +657,52 @@ const TEMPLATE_ATTRS: &[&str] = &[
     "VROUTER_ID",
 ];
 
-/// Checks a name as oned's `PoolObjectSQL::name_is_valid` does.
-fn validate_name(name: &str, what: &str) -> Result<(), OneError> {
-    let bad = name.is_empty()
-        || name.chars().count() > 128
-        || name.chars().any(|c| "&|:\\\";/'#{}$<>\t\r\n".contains(c));
-    if bad {
-        let why = if name.is_empty() {
-            "cannot be empty"
-        } else if name.chars().count() > 128 {
-            "cannot be longer than 128 characters"
-        } else {
-            "cannot contain the following characters: & | : \\ \" ; / ' # { } $ < > \\t \\r \\n"
-        };
-        return Err(OneError::new(
-            ErrorCode::Internal,
-            format!("Invalid NAME, {what} {why}"),
+/// Checks a name as oned's `PoolObjectSQL::name_is_valid` does, with its messages: empty,
+/// then the first forbidden character, then more than 128 bytes.
+fn check_name(name: &str) -> Result<(), String> {
+    const INVALID: &[u8] = b"&|:\\\";/'#{}$<>\t\n\x0b\x0c\r";
+    if name.is_empty() {
+        return Err("Invalid NAME, it cannot be empty".into());
+    }
+    if let Some(c) = name.bytes().find(|b| INVALID.contains(b)) {
+        return Err(format!(
+            "Invalid NAME, char '{}' is not allowed",
+            char::from(c)
+        ));
+    }
+    if name.len() > 128 {
+        return Err("Invalid NAME, max length is 128 chars".into());
+    }
+    Ok(())
+}
+
+/// oned's `hostname_is_valid` (`src/host/HostPool.cc`), checked before the name rules.
+fn check_hostname(name: &str) -> Result<(), String> {
+    let len = name.len();
+    if !(2..=63).contains(&len) {
+        return Err(
+            "Invalid HOSTNAME, HOSTNAME length should be greater than 1, but smaller \
+                    than 64 characters"
+                .into(),
+        );
+    }
+    let edge = |c: char| matches!(c, '-' | '.' | '_');
+    if let Some(first) = name.chars().next().filter(|c| edge(*c)) {
+        return Err(format!(
+            "Invalid HOSTNAME, first character can't be '{first}'"
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !c.is_ascii_alphanumeric() && !edge(*c))
+    {
+        return Err(format!(
+            "Invalid HOSTNAME, '{bad}' is invalid character for a HOSTNAME"
+        ));
+    }
+    if let Some(last) = name.chars().last().filter(|c| edge(*c)) {
+        return Err(format!(
+            "Invalid HOSTNAME, last character can't be '{last}'"
         ));
     }
     Ok(())
@@ -474,6 +725,7 @@ impl Cloud {
             vm_mad: vm_mad.to_string(),
             default_host: (cores, mem_mb),
             next_request_id: 1000,
+            users: BTreeMap::new(),
             timing: Timing::default(),
         };
         for n in 1..=hosts {
@@ -510,9 +762,39 @@ impl Cloud {
         id
     }
 
-    fn request_id(&mut self) -> i64 {
+    /// Gives every new user name a uid, in order, after the highest one known (oneadmin is
+    /// always 0), so that ids stay the same across restarts with the same state dir.
+    pub fn register_users<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            if name == "oneadmin" || self.users.contains_key(name) {
+                continue;
+            }
+            let next = self.users.values().copied().max().unwrap_or(0) + 1;
+            self.users.insert(name.to_string(), next);
+        }
+    }
+
+    /// The user called `name` (registered with [`Cloud::register_users`]), if known.
+    pub fn user(&self, name: &str) -> Option<Owner> {
+        if name == "oneadmin" {
+            return Some(Owner::oneadmin());
+        }
+        self.users.get(name).map(|uid| Owner {
+            uid: *uid,
+            gid: 1,
+            uname: name.to_string(),
+            gname: "users".into(),
+        })
+    }
+
+    /// A new request id, with the caller, for the HISTORY record an action closes.
+    fn request(&mut self, caller: &Owner) -> RequestInfo {
         self.next_request_id += 1;
-        self.next_request_id
+        RequestInfo {
+            id: self.next_request_id,
+            uid: caller.uid,
+            gid: caller.gid,
+        }
     }
 
     fn vm_mut(&mut self, id: i64) -> Result<&mut Vm, OneError> {
@@ -530,6 +812,55 @@ impl Cloud {
             .ok_or_else(|| OneError::no_vm(id))
     }
 
+    /// one.vm.info: the VM if `caller` may USE it.
+    pub fn vm_info(&self, caller: &Owner, id: i64) -> Result<&Vm, OneError> {
+        let vm = self.vm(id)?;
+        authorize(caller, &[AuthItem::new(AuthOp::Use, "VM", id, &vm.owner)])?;
+        Ok(vm)
+    }
+
+    /// one.host.info: the host if `caller` may USE it (hosts belong to oneadmin).
+    pub fn host_info(&self, caller: &Owner, id: i64) -> Result<&Host, OneError> {
+        let host = self.host(id)?;
+        authorize(
+            caller,
+            &[AuthItem::new(AuthOp::Use, "HOST", id, &Owner::oneadmin())],
+        )?;
+        Ok(host)
+    }
+
+    /// one.template.info: the template if `caller` may USE it.
+    pub fn template_info(&self, caller: &Owner, id: i64) -> Result<&VmTemplate, OneError> {
+        let t = self.template(id)?;
+        authorize(
+            caller,
+            &[AuthItem::new(AuthOp::Use, "TEMPLATE", id, &t.owner)],
+        )?;
+        Ok(t)
+    }
+
+    fn template(&self, id: i64) -> Result<&VmTemplate, OneError> {
+        u32::try_from(id)
+            .ok()
+            .and_then(|i| self.templates.get(&i))
+            .ok_or_else(|| OneError {
+                code: ErrorCode::NoExists,
+                message: format!("Error getting virtual machine template [{id}]."),
+                resp_id: i32::try_from(id).unwrap_or(-1),
+            })
+    }
+
+    /// Ids of the hosts one.hostpool.info lists (filter ALL), in oned's descending order.
+    pub fn host_ids(&self, caller: &Owner) -> Vec<u32> {
+        let admin = Owner::oneadmin();
+        self.hosts
+            .keys()
+            .rev()
+            .copied()
+            .filter(|_| listed(caller, -2, &admin))
+            .collect()
+    }
+
     /// The host with that id, or oned's NO_EXISTS error.
     pub fn host(&self, id: i64) -> Result<&Host, OneError> {
         u32::try_from(id)
@@ -538,26 +869,38 @@ impl Cloud {
             .ok_or_else(|| OneError::no_host(id))
     }
 
-    /// one.vm.allocate.
-    pub fn allocate_vm(&mut self, text: &str, hold: bool, now_ms: u64) -> CallResult {
-        let tmpl =
-            Template::parse(text).map_err(|e| OneError::new(ErrorCode::Internal, e.to_string()))?;
-        self.create_vm(tmpl, None, hold, now_ms)
-    }
-
-    fn create_vm(
+    /// one.vm.allocate: the VM belongs to `caller`.
+    pub fn allocate_vm(
         &mut self,
-        mut input: Template,
-        name: Option<String>,
+        caller: &Owner,
+        text: &str,
         hold: bool,
         now_ms: u64,
     ) -> CallResult {
-        validate_capacity(&input)?;
-        let name_attr = input.get("NAME").map(str::to_string);
-        input.remove("NAME");
+        let tmpl =
+            Template::parse(text).map_err(|e| OneError::new(ErrorCode::Internal, e.to_string()))?;
+        authorize(caller, &[AuthItem::create("VM")])?;
+        self.create_vm(caller, tmpl, None, hold, now_ms)
+    }
+
+    /// `VirtualMachine::insert`: the name (NAME, else `<prefix>-<id>`) is checked first,
+    /// then MEMORY, CPU and VCPU.
+    fn create_vm(
+        &mut self,
+        owner: &Owner,
+        mut input: Template,
+        prefix: Option<&str>,
+        hold: bool,
+        now_ms: u64,
+    ) -> CallResult {
         let id = self.next_vm;
-        let name = name.or(name_attr).unwrap_or_else(|| format!("one-{id}"));
-        validate_name(&name, "NAME")?;
+        let name = match input.get("NAME") {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => format!("{}-{id}", prefix.unwrap_or("one")),
+        };
+        input.remove("NAME");
+        check_name(&name).map_err(|m| OneError::new(ErrorCode::Internal, m))?;
+        normalise_capacity(&mut input)?;
 
         let mut template = Template::default();
         let mut user_template = Template::default();
@@ -569,15 +912,16 @@ impl Cloud {
                 user_template.attrs.push(attr);
             }
         }
-        let hold = hold
-            || user_template
-                .get("SUBMIT_ON_HOLD")
-                .is_some_and(|v| v.eq_ignore_ascii_case("yes"))
-            || template
-                .get("SUBMIT_ON_HOLD")
-                .is_some_and(|v| v.eq_ignore_ascii_case("yes"));
+        // SUBMIT_ON_HOLD is kept in TEMPLATE as a boolean (YES/NO) for good, also after
+        // release and deploy (samples 06-22); hold=true sets it to YES.
+        let submit_on_hold = template
+            .get("SUBMIT_ON_HOLD")
+            .map(|v| v.eq_ignore_ascii_case("yes"));
+        let hold = hold || submit_on_hold == Some(true);
         if hold {
             template.set("SUBMIT_ON_HOLD", "YES");
+        } else if submit_on_hold.is_some() {
+            template.set("SUBMIT_ON_HOLD", "NO");
         }
         template.set("AUTOMATIC_REQUIREMENTS", "!(PIN_POLICY = PINNED)");
         template.set("VMID", &id.to_string());
@@ -590,7 +934,7 @@ impl Cloud {
         );
 
         let ip = self.attach_nic(&mut template, id)?;
-        if let Err(e) = self.build_context(&mut template, id, &name, ip) {
+        if let Err(e) = self.build_context(&mut template, id, &name, owner, ip) {
             if let Some(ip) = ip {
                 self.network.leases.remove(&ip);
             }
@@ -610,6 +954,7 @@ impl Cloud {
             Vm {
                 id,
                 name,
+                owner: owner.clone(),
                 state,
                 lcm: LcmState::LCM_INIT,
                 prev_state: state,
@@ -627,6 +972,7 @@ impl Cloud {
                 op: DriverOp::Idle,
                 pending_call: None,
                 migrate_to: None,
+                resume_from: None,
             },
         );
         Ok(i64::from(id))
@@ -696,6 +1042,7 @@ impl Cloud {
         t: &mut Template,
         vm_id: u32,
         name: &str,
+        owner: &Owner,
         ip: Option<Ipv4Addr>,
     ) -> Result<(), OneError> {
         let Some(pairs) = t.vector("CONTEXT").map(<[(String, String)]>::to_vec) else {
@@ -708,8 +1055,10 @@ impl Cloud {
                 VarRef::Simple(n) => match n.to_ascii_uppercase().as_str() {
                     "VMID" => Some(vm_id.to_string()),
                     "NAME" => Some(name.to_string()),
-                    "UID" | "GID" => Some("0".into()),
-                    "UNAME" | "GNAME" => Some("oneadmin".into()),
+                    "UID" => Some(owner.uid.to_string()),
+                    "GID" => Some(owner.gid.to_string()),
+                    "UNAME" => Some(owner.uname.clone()),
+                    "GNAME" => Some(owner.gname.clone()),
                     other => snapshot.get(other).map(str::to_string),
                 },
                 VarRef::Attr { var, attr, .. } => {
@@ -743,15 +1092,18 @@ impl Cloud {
     }
 
     /// one.template.allocate.
-    pub fn allocate_template(&mut self, text: &str, now_ms: u64) -> CallResult {
+    pub fn allocate_template(&mut self, caller: &Owner, text: &str, now_ms: u64) -> CallResult {
         let mut tmpl =
             Template::parse(text).map_err(|e| OneError::new(ErrorCode::Internal, e.to_string()))?;
+        authorize(caller, &[AuthItem::create("TEMPLATE")])?;
         let name = tmpl.get("NAME").map(str::to_string).unwrap_or_default();
-        if name.is_empty() {
-            return Err(OneError::new(ErrorCode::Internal, "No NAME in template."));
-        }
-        validate_name(&name, "NAME")?;
-        if let Some(other) = self.templates.values().find(|t| t.name == name) {
+        check_name(&name).map_err(|m| OneError::new(ErrorCode::Internal, m))?;
+        // Names are unique per owner (`VMTemplatePool::allocate`).
+        if let Some(other) = self
+            .templates
+            .values()
+            .find(|t| t.name == name && t.owner.uid == caller.uid)
+        {
             return Err(OneError::new(
                 ErrorCode::Internal,
                 format!("NAME is already taken by TEMPLATE {}.", other.id),
@@ -766,6 +1118,7 @@ impl Cloud {
             VmTemplate {
                 id,
                 name,
+                owner: caller.clone(),
                 regtime: now_secs(now_ms),
                 template: tmpl,
             },
@@ -773,57 +1126,85 @@ impl Cloud {
         Ok(i64::from(id))
     }
 
-    /// one.template.instantiate.
+    /// one.template.instantiate: the new VM belongs to `caller`; without a name it is
+    /// called `<template name>-<vm id>`.
     pub fn instantiate(
         &mut self,
+        caller: &Owner,
         tmpl_id: i64,
         name: &str,
         hold: bool,
         extra: &str,
         now_ms: u64,
     ) -> CallResult {
-        let base = u32::try_from(tmpl_id)
-            .ok()
-            .and_then(|i| self.templates.get(&i))
-            .ok_or_else(|| OneError {
-                code: ErrorCode::NoExists,
-                message: format!("Error getting virtual machine template [{tmpl_id}]."),
-                resp_id: i32::try_from(tmpl_id).unwrap_or(-1),
-            })?
-            .clone();
+        let base = self.template(tmpl_id)?.clone();
         let mut tmpl = base.template.clone();
         if !extra.trim().is_empty() {
             let extra = Template::parse(extra)
                 .map_err(|e| OneError::new(ErrorCode::Internal, e.to_string()))?;
             tmpl.merge(&extra);
         }
+        authorize(
+            caller,
+            &[
+                AuthItem::new(AuthOp::Use, "TEMPLATE", tmpl_id, &base.owner),
+                AuthItem::create("VM"),
+            ],
+        )?;
         tmpl.set("TEMPLATE_ID", &base.id.to_string());
-        let name = if name.is_empty() {
-            format!("{}-{}", base.name, self.next_vm)
-        } else {
-            name.to_string()
-        };
-        self.create_vm(tmpl, Some(name), hold, now_ms)
+        tmpl.remove("NAME");
+        if !name.is_empty() {
+            tmpl.set("NAME", name);
+        }
+        self.create_vm(caller, tmpl, Some(&base.name), hold, now_ms)
     }
 
-    /// one.host.allocate.
-    pub fn allocate_host(&mut self, name: &str, im: &str, vmm: &str, cluster: i32) -> CallResult {
-        validate_name(name, "NAME").map_err(|e| OneError::new(ErrorCode::Allocate, e.message))?;
-        if let Some(h) = self.hosts.values().find(|h| h.name == name) {
-            return Err(OneError::new(
-                ErrorCode::Allocate,
-                format!(
-                    "Error allocating a new host. NAME is already taken by HOST {}.",
-                    h.id
-                ),
-            ));
-        }
-        if cluster > 0 {
+    /// one.host.allocate (`SharedAPI::allocate`, `HostPool::allocate`): cluster, then
+    /// authorization, then the name rules and uniqueness.
+    pub fn allocate_host(
+        &mut self,
+        caller: &Owner,
+        name: &str,
+        im: &str,
+        vmm: &str,
+        cluster: i32,
+    ) -> CallResult {
+        let cluster = if cluster == -1 { 0 } else { cluster };
+        if cluster != 0 {
             return Err(OneError {
                 code: ErrorCode::NoExists,
                 message: format!("Error getting cluster [{cluster}]."),
                 resp_id: cluster,
             });
+        }
+        let admin = Owner::oneadmin();
+        authorize(
+            caller,
+            &[
+                AuthItem::create("HOST"),
+                AuthItem::new(AuthOp::Admin, "CLUSTER", 0, &admin),
+            ],
+        )?;
+        let allocate_error = |m: String| {
+            OneError::new(
+                ErrorCode::Allocate,
+                format!("Error allocating a new host. {m}"),
+            )
+        };
+        check_hostname(name)
+            .and_then(|()| check_name(name))
+            .map_err(allocate_error)?;
+        if im.is_empty() {
+            return Err(allocate_error("IM_MAD_NAME cannot be empty.".into()));
+        }
+        if vmm.is_empty() {
+            return Err(allocate_error("VMM_MAD_NAME cannot be empty.".into()));
+        }
+        if let Some(h) = self.hosts.values().find(|h| h.name == name) {
+            return Err(allocate_error(format!(
+                "NAME is already taken by HOST {}.",
+                h.id
+            )));
         }
         let (cores, mem) = self.default_host;
         let id = self.add_host(name, im, vmm, cores, mem);
@@ -831,8 +1212,17 @@ impl Cloud {
     }
 
     /// one.vm.update: type 0 replaces USER_TEMPLATE, 1 merges into it.
-    pub fn update_vm(&mut self, id: i64, text: &str, merge: bool) -> CallResult {
+    /// oned checks, in order: the VM exists, MANAGE on it, the update type, the text.
+    pub fn update_vm(&mut self, caller: &Owner, id: i64, text: &str, kind: i64) -> CallResult {
         let vm = self.vm_mut(id)?;
+        authorize(
+            caller,
+            &[AuthItem::new(AuthOp::Manage, "VM", id, &vm.owner)],
+        )?;
+        if !(0..=1).contains(&kind) {
+            return Err(OneError::new(ErrorCode::XmlRpcApi, "Wrong update type"));
+        }
+        let merge = kind == 1;
         let new = Template::parse(text).map_err(|e| OneError {
             resp_id: -1,
             ..OneError::new(ErrorCode::Action, e.to_string())
@@ -846,8 +1236,16 @@ impl Cloud {
         Ok(id)
     }
 
-    /// one.vm.action.
-    pub fn action(&mut self, action: &str, id: i64, now_ms: u64) -> CallResult {
+    /// one.vm.action: the VM must exist and `caller` be authorized for the action
+    /// (`VirtualMachineAPI::action`) before the action string is looked at.
+    pub fn action(&mut self, caller: &Owner, action: &str, id: i64, now_ms: u64) -> CallResult {
+        {
+            let vm = self.vm(id)?;
+            authorize(
+                caller,
+                &[AuthItem::new(vm_action_op(action), "VM", id, &vm.owner)],
+            )?;
+        }
         const KNOWN: &[&str] = &[
             "terminate",
             "terminate-hard",
@@ -871,7 +1269,7 @@ impl Cloud {
                 format!("Action \"{action}\" is not supported"),
             ));
         }
-        let request_id = self.request_id();
+        let request_id = self.request(caller);
         let step = self.timing_step();
         let vm = self.vm_mut(id)?;
         let not_available = || {
@@ -1007,6 +1405,9 @@ impl Cloud {
                     schedule(vm, now_ms + boot, Some(DriverCall::Boot));
                 }
                 VmState::Stopped | VmState::Undeployed => {
+                    // PREV_STATE settles to PENDING; remember where the VM comes from so
+                    // that placement goes through PROLOG_RESUME / PROLOG_UNDEPLOY.
+                    vm.resume_from = Some(s);
                     vm.set_state(VmState::Pending, LcmState::LCM_INIT);
                 }
                 VmState::Active if l == LcmState::UNKNOWN => {
@@ -1025,7 +1426,6 @@ impl Cloud {
                 if s != VmState::Hold {
                     return Err(not_available());
                 }
-                vm.template.remove("SUBMIT_ON_HOLD");
                 vm.set_state(VmState::Pending, LcmState::LCM_INIT);
             }
             "reboot" | "reboot-hard" => {
@@ -1102,7 +1502,7 @@ impl Cloud {
     ) -> CallResult {
         let host = self.host(host_id)?.clone();
         let step = self.timing_step();
-        let request_id = self.request_id();
+        let request_id = self.request(caller);
         let vm = self.vm(id)?;
         let ok = if live {
             vm.running()
@@ -1245,7 +1645,7 @@ impl Cloud {
             ));
         }
         let step = self.timing_step();
-        let request_id = self.request_id();
+        let request_id = self.request(caller);
         let vm = self.vm_mut(id)?;
         if vm.state == VmState::Done {
             return Err(OneError::action(
@@ -1380,18 +1780,20 @@ impl Cloud {
         };
         let Some(vm) = self.vms.get(&id) else { return };
         let (cpu, mem) = (cpu_units(vm.cpu()), vm.memory_mb() * 1024);
-        let from_stop = matches!(vm.state, VmState::Stopped)
-            || (vm.state == VmState::Pending && vm.prev_state == VmState::Stopped);
-        let from_undeploy = matches!(vm.state, VmState::Undeployed)
-            || (vm.state == VmState::Pending && vm.prev_state == VmState::Undeployed);
+        let origin = match vm.state {
+            VmState::Pending => vm.resume_from,
+            s => Some(s),
+        };
+        let from_stop = origin == Some(VmState::Stopped);
+        let from_undeploy = origin == Some(VmState::Undeployed);
         self.reserve(host_id, id, cpu, mem);
         let Some(vm) = self.vms.get_mut(&id) else {
             return;
         };
         vm.host = Some(host_id);
         vm.deploy_id = format!("{}:{}:{}", host.name, vm.name, host.vm_mad);
+        vm.resume_from = None;
         vm.template.set("TM_MAD_SYSTEM", &host.vm_mad);
-        vm.template.remove("SUBMIT_ON_HOLD");
         sort_template(&mut vm.template);
         if let Some(last) = vm.history.last_mut() {
             if last.etime == 0 {
@@ -1742,16 +2144,24 @@ fn schedule(vm: &mut Vm, due_ms: u64, call: Option<DriverCall>) {
     vm.op = DriverOp::Idle;
 }
 
-fn set_history_action(vm: &mut Vm, action: u32, request_id: i64) {
+/// Who asked for an action, as HISTORY records it (ACTION, UID, GID, REQUEST_ID).
+#[derive(Debug, Clone, Copy)]
+struct RequestInfo {
+    id: i64,
+    uid: u32,
+    gid: u32,
+}
+
+fn set_history_action(vm: &mut Vm, action: u32, request: RequestInfo) {
     if let Some(h) = vm.history.last_mut() {
         h.action = action;
-        h.uid = 0;
-        h.gid = 0;
-        h.request_id = request_id;
+        h.uid = i32::try_from(request.uid).unwrap_or(-1);
+        h.gid = i32::try_from(request.gid).unwrap_or(-1);
+        h.request_id = request.id;
     }
 }
 
-fn close_history(vm: &mut Vm, now_ms: u64, action: u32, request_id: i64) {
+fn close_history(vm: &mut Vm, now_ms: u64, action: u32, request_id: RequestInfo) {
     set_history_action(vm, action, request_id);
     if let Some(h) = vm.history.last_mut() {
         if h.retime == 0 {

@@ -23,8 +23,12 @@ fn main() -> Result<(), Box<dyn Error>> {
             header.display()
         )
     })?;
-    let version = version_number(&text)
-        .ok_or_else(|| format!("no `#define SLURM_VERSION_NUMBER 0x...` in {}", header.display()))?;
+    let version = version_number(&text).ok_or_else(|| {
+        format!(
+            "no `#define SLURM_VERSION_NUMBER 0x...` in {}",
+            header.display()
+        )
+    })?;
     let out = PathBuf::from(env::var("OUT_DIR")?).join("slurm_version.rs");
     fs::write(
         out,

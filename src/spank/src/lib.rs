@@ -31,9 +31,7 @@ use std::path::PathBuf;
 use slurm_one::config::{Config, ConfigError};
 use slurm_one::options::{self, IdentityError, OptionError, CPU_SHARE_VAR, TEMPLATE_VAR};
 use slurm_one::sim::ns::CONTEXT_FILE;
-use slurm_spank::{
-    spank_log_error, spank_log_user, Context, Plugin, SpankHandle, SpankOption,
-};
+use slurm_spank::{spank_log_error, spank_log_user, Context, Plugin, SpankHandle, SpankOption};
 
 mod version {
     include!(concat!(env!("OUT_DIR"), "/slurm_version.rs"));
@@ -99,7 +97,9 @@ enum SpankPluginError {
         source: slurm_spank::SpankError,
     },
     /// The job prolog got no job id.
-    #[error("job prolog: no job id (SPANK S_JOB_ID unavailable and SLURM_JOB_ID unset or not a number)")]
+    #[error(
+        "job prolog: no job id (SPANK S_JOB_ID unavailable and SLURM_JOB_ID unset or not a number)"
+    )]
     NoJobId,
     /// `require_vm=yes` and this node has no one-context file.
     #[error("{path} does not exist: this node is not a slurm-one VM (plugstack.conf says require_vm=yes)")]
@@ -162,7 +162,9 @@ impl PluginArgs {
 /// Whether this process was asked for its help text: only then does `init` read the
 /// configuration, to list the templates in the usage of `--one-template`.
 fn help_requested() -> bool {
-    std::env::args_os().skip(1).any(|a| a == "--help" || a == "-h")
+    std::env::args_os()
+        .skip(1)
+        .any(|a| a == "--help" || a == "-h")
 }
 
 /// Usage of `--one-template`; lists the allowed names when the configuration is known.
@@ -173,8 +175,9 @@ fn template_usage(cfg: Option<&Config>) -> String {
             options::allowed_templates(cfg).join(", "),
             cfg.templates.default
         ),
-        None => "run this job's VMs from the VM template NAME (default: the site's default)"
-            .to_string(),
+        None => {
+            "run this job's VMs from the VM template NAME (default: the site's default)".to_string()
+        }
     }
 }
 
