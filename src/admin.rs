@@ -74,6 +74,29 @@ pub fn status_table(rows: &[Row], vms: Option<&BTreeMap<u32, VmInfo>>, now: i64)
     out
 }
 
+/// Holds an exclusive `flock` on `path` (created 0600) for the life of the returned file,
+/// so only one reconcile loop runs per table. Fails at once if another process holds it.
+pub fn single_instance(path: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot open lock file {}: {e}", path.display()))?;
+    // SAFETY: the fd is valid while `file` lives; flock has no other preconditions.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(format!(
+            "another reconcile loop holds {} (only one may run per table)",
+            path.display()
+        ));
+    }
+    Ok(file)
+}
+
 /// One line of `slurm-one check`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {
@@ -160,6 +183,17 @@ mod tests {
             updated: 1000,
             detail: Some("host h1".into()),
         }
+    }
+
+    #[test]
+    fn a_second_reconcile_loop_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.reconcile.lock");
+        let first = single_instance(&path).unwrap();
+        let err = single_instance(&path).unwrap_err();
+        assert!(err.contains("another reconcile loop"), "{err}");
+        drop(first);
+        assert!(single_instance(&path).is_ok());
     }
 
     #[test]

@@ -179,6 +179,31 @@ pub trait SlurmView {
     /// Ids of the jobs SLURM still has in a live state (pending, running, suspended,
     /// completing...), or `None` when SLURM cannot be asked (then the table is trusted).
     fn live_jobs(&self) -> Result<Option<BTreeSet<u32>>, String>;
+
+    /// Cloud nodes left DOWN by slurm-one or a ResumeTimeout and not already powering
+    /// down: candidates to return to the pool once no VM is mapped to them.
+    fn stuck_nodes(&self) -> Result<Vec<StuckNode>, String> {
+        Ok(Vec::new())
+    }
+
+    /// Sets nodes DOWN then POWER_DOWN with a reason (their job is requeued or failed).
+    fn fail_nodes(&self, _nodes: &[String], _reason: &str) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Returns stuck nodes to powered-down idle.
+    fn return_nodes(&self, _nodes: &[StuckNode]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A DOWN cloud node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StuckNode {
+    /// Node name.
+    pub name: String,
+    /// Already POWERED_DOWN (`down~`), so RESUME makes it `idle~`; else it is powered down.
+    pub powered_down: bool,
 }
 
 /// One difference reconcile found.
@@ -201,6 +226,24 @@ pub enum Drift {
         node: String,
         /// VM, if one was recorded.
         vm_id: Option<u32>,
+    },
+    /// A live job's VM failed or vanished (POWEROFF, UNKNOWN, a failure state, gone): the
+    /// VM is terminated, its node set DOWN → POWER_DOWN so SLURM requeues or fails the
+    /// job, the row removed.
+    LostVm {
+        /// Job.
+        job_id: u32,
+        /// Node.
+        node: String,
+        /// VM.
+        vm_id: u32,
+        /// What the VM was, e.g. POWEROFF or GONE.
+        state: String,
+    },
+    /// A cloud node left DOWN with no VM mapped to it: returned to powered-down idle.
+    StuckNode {
+        /// Node.
+        node: String,
     },
     /// A VM of a live job that the table lost: its row is rebuilt from the tags.
     MissingRow {
@@ -737,7 +780,6 @@ impl<'a> Provisioner<'a> {
                 v.user.get(tags::CLUSTER).map(String::as_str) == Some(cluster) && !ending(v)
             })
             .collect();
-        let live_vm_ids: BTreeSet<u32> = ours.iter().map(|v| v.id).collect();
         let row_vm_ids: BTreeSet<u32> = rows.iter().filter_map(|r| r.vm_id).collect();
         let row_tags: BTreeSet<&str> = rows.iter().map(|r| r.request_tag.as_str()).collect();
         let job_live = |job: u32| match &live_jobs {
@@ -821,37 +863,95 @@ impl<'a> Provisioner<'a> {
             }
         }
 
+        let by_id: BTreeMap<u32, &VmInfo> = ours.iter().map(|v| (v.id, *v)).collect();
         for row in &rows {
-            let stale = match row.vm_id {
-                Some(id) => !live_vm_ids.contains(&id),
-                None => {
-                    now - row.created >= grace_s
-                        && !ours
-                            .iter()
-                            .any(|v| v.user.get(tags::REQUEST_TAG) == Some(&row.request_tag))
+            let vm = row.vm_id.and_then(|id| by_id.get(&id));
+            let lost_state = match (row.vm_id, vm) {
+                (Some(_), None) => Some("GONE".to_string()),
+                (Some(_), Some(v)) if v.failed() && row.state != RowState::Creating => {
+                    Some(v.state_name())
                 }
+                _ => None,
             };
-            if !stale {
+            let never_made = row.vm_id.is_none()
+                && now - row.created >= grace_s
+                && !ours
+                    .iter()
+                    .any(|v| v.user.get(tags::REQUEST_TAG) == Some(&row.request_tag));
+            if lost_state.is_none() && !never_made {
                 continue;
             }
-            report.drifts.push(Drift::StaleRow {
-                job_id: row.job_id,
-                node: row.node.clone(),
-                vm_id: row.vm_id,
-            });
-            if !dry_run {
-                log::warn!(
-                    "reconcile: removing stale row job {} node {} (VM {:?} gone)",
-                    row.job_id,
-                    row.node,
-                    row.vm_id
-                );
-                if let Err(e) = self.db.delete_row(cluster, row.job_id, &row.node) {
-                    report
-                        .errors
-                        .push(format!("job {} node {}: {e}", row.job_id, row.node));
+            let live = job_live(row.job_id) && live_jobs.is_some();
+            match (row.vm_id, &lost_state) {
+                (Some(vm_id), Some(state)) if live => report.drifts.push(Drift::LostVm {
+                    job_id: row.job_id,
+                    node: row.node.clone(),
+                    vm_id,
+                    state: state.clone(),
+                }),
+                _ => report.drifts.push(Drift::StaleRow {
+                    job_id: row.job_id,
+                    node: row.node.clone(),
+                    vm_id: row.vm_id,
+                }),
+            }
+            if dry_run {
+                continue;
+            }
+            log::warn!(
+                "reconcile: job {} node {}: VM {:?} is {}; removing the row",
+                row.job_id,
+                row.node,
+                row.vm_id,
+                lost_state.as_deref().unwrap_or("never created")
+            );
+            if let Some(vm_id) = row.vm_id.filter(|_| vm.is_some()) {
+                if let Err(e) = self.terminate_vm(vm_id) {
+                    report.errors.push(format!("VM {vm_id}: terminate: {e}"));
+                    continue;
                 }
             }
+            if live && lost_state.is_some() {
+                let reason = format!(
+                    "slurm-one: VM {} of job {} is {}",
+                    row.vm_id.unwrap_or(0),
+                    row.job_id,
+                    lost_state.as_deref().unwrap_or("gone")
+                );
+                if let Err(e) = slurm.fail_nodes(std::slice::from_ref(&row.node), &reason) {
+                    report.errors.push(format!("node {}: {e}", row.node));
+                }
+            }
+            if let Err(e) = self.db.delete_row(cluster, row.job_id, &row.node) {
+                report
+                    .errors
+                    .push(format!("job {} node {}: {e}", row.job_id, row.node));
+            }
+        }
+
+        match slurm.stuck_nodes() {
+            Ok(stuck) => {
+                let mapped: BTreeSet<String> = self
+                    .db
+                    .all_rows(cluster)
+                    .map(|rows| rows.into_iter().map(|r| r.node).collect())
+                    .unwrap_or_default();
+                let free: Vec<StuckNode> = stuck
+                    .into_iter()
+                    .filter(|n| !mapped.contains(&n.name))
+                    .collect();
+                for n in &free {
+                    report.drifts.push(Drift::StuckNode {
+                        node: n.name.clone(),
+                    });
+                }
+                if !dry_run && !free.is_empty() {
+                    if let Err(e) = slurm.return_nodes(&free) {
+                        report.errors.push(format!("returning nodes: {e}"));
+                    }
+                }
+            }
+            Err(e) => report.errors.push(format!("cannot list SLURM nodes: {e}")),
         }
         log::info!(
             "reconcile: {} drifts ({}), {} errors, {} young VMs left alone",

@@ -6,7 +6,7 @@ use std::io::Read as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::provision::SlurmView;
+use crate::provision::{SlurmView, StuckNode};
 
 /// Default bound on one SLURM command.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -339,23 +339,64 @@ pub fn parse_live_jobs(text: &str) -> BTreeSet<u32> {
         .collect()
 }
 
-/// SLURM's view through `squeue`.
-pub struct Squeue;
+/// Cloud nodes DOWN for a reason slurm-one may undo, not already powering down.
+pub fn stuck_nodes(nodes: &[NodeInfo]) -> Vec<StuckNode> {
+    nodes
+        .iter()
+        .filter(|n| n.has("CLOUD") && n.has("DOWN") && !n.has("POWERING_DOWN"))
+        .filter(|n| {
+            n.reason.as_deref().is_some_and(|r| {
+                r.starts_with("slurm-one") || r.starts_with("ResumeTimeout reached")
+            })
+        })
+        .map(|n| StuckNode {
+            name: n.name.clone(),
+            powered_down: n.has("POWERED_DOWN"),
+        })
+        .collect()
+}
 
-impl SlurmView for Squeue {
+/// SLURM's view through its command-line tools.
+pub struct SlurmCli;
+
+impl SlurmView for SlurmCli {
     fn live_jobs(&self) -> Result<Option<BTreeSet<u32>>, String> {
-        let out = run(
-            &[
-                "squeue",
-                "--noheader",
-                "--all",
-                "--states=all",
-                "--format=%A %T",
-            ],
-            COMMAND_TIMEOUT,
-        )
-        .map_err(|e| e.to_string())?;
+        let argv = [
+            "squeue",
+            "--noheader",
+            "--all",
+            "--states=all",
+            "--format=%A %T",
+        ];
+        let out = run(&argv, COMMAND_TIMEOUT).map_err(|e| e.to_string())?;
         Ok(Some(parse_live_jobs(&out)))
+    }
+
+    fn stuck_nodes(&self) -> Result<Vec<StuckNode>, String> {
+        let out =
+            run(&["scontrol", "show", "node", "-o"], COMMAND_TIMEOUT).map_err(|e| e.to_string())?;
+        Ok(stuck_nodes(&parse_nodes(&out)))
+    }
+
+    fn fail_nodes(&self, nodes: &[String], reason: &str) -> Result<(), String> {
+        down_then_power_down(nodes, reason).map_err(|e| e.to_string())
+    }
+
+    fn return_nodes(&self, nodes: &[StuckNode]) -> Result<(), String> {
+        for n in nodes {
+            // A powered-down node only needs its DOWN cleared; a powered-up one (its VM is
+            // gone) is forced down so it comes back as powered-down idle.
+            let state = if n.powered_down {
+                "state=resume"
+            } else {
+                "state=power_down_force"
+            };
+            let name = format!("nodename={}", n.name);
+            log::info!("returning node {} to the pool ({state})", n.name);
+            run(&["scontrol", "update", &name, state], COMMAND_TIMEOUT)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 }
 
@@ -422,6 +463,29 @@ mod tests {
         );
         assert!(nodes[1].has("POWERING_UP"));
         assert_eq!(nodes[1].addr, "10.77.0.3");
+    }
+
+    #[test]
+    fn only_nodes_slurm_one_left_down_are_stuck() {
+        let text = "NodeName=vm1 State=DOWN+CLOUD+POWERED_DOWN Reason=slurm-one: VM 3 of job 4 is GONE [root@t]\n\
+                    NodeName=vm2 State=DOWN+CLOUD Reason=ResumeTimeout reached [slurm@t]\n\
+                    NodeName=vm3 State=DOWN+CLOUD+POWERING_DOWN Reason=slurm-one: job 5 ended\n\
+                    NodeName=vm4 State=DOWN+CLOUD Reason=maintenance [admin@t]\n\
+                    NodeName=vm5 State=IDLE+CLOUD+POWERED_DOWN\n";
+        let stuck = stuck_nodes(&parse_nodes(text));
+        assert_eq!(
+            stuck,
+            vec![
+                StuckNode {
+                    name: "vm1".into(),
+                    powered_down: true
+                },
+                StuckNode {
+                    name: "vm2".into(),
+                    powered_down: false
+                }
+            ]
+        );
     }
 
     #[test]

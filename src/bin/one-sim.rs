@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use slurm_one::sim::config::{self, HostSpec, Ipv4Net};
-use slurm_one::sim::driver::{DummyDriver, NamespaceDriver};
+use slurm_one::sim::driver::{BareDummyDriver, DummyDriver, NamespaceDriver};
 use slurm_one::sim::engine::{self, Sim};
 use slurm_one::sim::model::{Cloud, Network, Timing};
 use slurm_one::sim::ns::{self, NsDriver};
@@ -58,6 +58,12 @@ struct Cli {
     /// Time of every other transitional state (PROLOG, SHUTDOWN, EPILOG, SAVE_*...).
     #[arg(long, default_value = "50ms", value_parser = config::parse_duration_ms)]
     step_delay: u64,
+
+    /// With the dummy driver, simulate a guest whose contextualization reports READY=YES as
+    /// soon as the VM runs, for VMs with CONTEXT REPORT_READY=YES. `false` behaves exactly
+    /// like oned's dummy driver: nothing ever reports READY.
+    #[arg(long, value_name = "true|false", default_value_t = true, action = clap::ArgAction::Set)]
+    dummy_guest: bool,
 
     /// Bridge the `ns` driver plugs VMs into (created if missing).
     #[arg(long, default_value = "onebr0")]
@@ -196,7 +202,8 @@ fn run(cli: Cli) -> Result<(), config::SimError> {
     // Bind before starting anything so a busy port fails fast and cleanly.
     let server_addr = if cleanup_only { None } else { Some(cli.listen) };
     let driver: Box<dyn slurm_one::sim::driver::Driver> = match driver_kind {
-        DriverKind::Dummy => Box::new(DummyDriver),
+        DriverKind::Dummy if cli.dummy_guest => Box::new(DummyDriver),
+        DriverKind::Dummy => Box::new(BareDummyDriver),
         DriverKind::Ns => {
             let tag = config::instance_tag(state_dir.as_deref(), &bridge);
             let run_dir = match &state_dir {

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use slurm_one::admin;
 use slurm_one::config::{parse_duration, Config};
 use slurm_one::provision::{JobRequest, NodeRequest, Provisioner};
-use slurm_one::slurm::{NoSlurm, Squeue};
+use slurm_one::slurm::{NoSlurm, SlurmCli};
 
 /// Per-job OpenNebula VMs for SLURM: inspect and operate the job↔VM mapping.
 #[derive(Parser, Debug)]
@@ -74,9 +74,15 @@ enum Cmd {
         /// Leave VMs younger than this alone [default: provisioning.orphan_grace].
         #[arg(long, value_parser = parse_duration)]
         grace: Option<std::time::Duration>,
-        /// Do not ask SLURM (squeue) which jobs are live; trust the table.
+        /// Do not ask SLURM (squeue, scontrol) anything; trust the table for live jobs.
         #[arg(long)]
         no_slurm: bool,
+        /// Keep running: one pass every --interval until SIGTERM (the systemd service).
+        #[arg(long)]
+        watch: bool,
+        /// Time between passes with --watch.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        interval: std::time::Duration,
     },
 }
 
@@ -209,34 +215,81 @@ fn run(cli: Cli) -> Result<(), Failure> {
             dry_run,
             grace,
             no_slurm,
+            watch,
+            interval,
         } => {
             let grace = grace.unwrap_or(cfg.provisioning.orphan_grace);
-            let report = if no_slurm {
-                engine.reconcile(&NoSlurm, grace, dry_run)
-            } else {
-                engine.reconcile(&Squeue, grace, dry_run)
+            let slurm: &dyn slurm_one::provision::SlurmView =
+                if no_slurm { &NoSlurm } else { &SlurmCli };
+            if !watch {
+                let report = engine.reconcile(slurm, grace, dry_run).map_err(fail(1))?;
+                print_report(&report, dry_run);
+                return if report.errors.is_empty() {
+                    Ok(())
+                } else {
+                    Err(Failure(
+                        1,
+                        "some fixes failed; the next pass retries them".into(),
+                    ))
+                };
             }
-            .map_err(fail(1))?;
-            for d in &report.drifts {
-                println!("{}{d:?}", if dry_run { "would fix: " } else { "fixed: " });
+            let lock = cfg.cluster.database.with_extension("reconcile.lock");
+            let _held = admin::single_instance(&lock).map_err(fail(1))?;
+            install_stop_handler();
+            log::info!("reconcile loop: one pass every {interval:?}, grace {grace:?}");
+            while !stopping() {
+                match engine.reconcile(slurm, grace, dry_run) {
+                    Ok(r) => log::info!(
+                        "reconcile pass: {} drifts, {} errors, {} young VMs",
+                        r.drifts.len(),
+                        r.errors.len(),
+                        r.young
+                    ),
+                    // One bad pass (OpenNebula down, SLURM busy) never ends the loop.
+                    Err(e) => log::error!("reconcile pass failed: {e}"),
+                }
+                let until = std::time::Instant::now() + interval;
+                while std::time::Instant::now() < until && !stopping() {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
             }
-            for e in &report.errors {
-                println!("error: {e}");
-            }
-            println!(
-                "{} drifts, {} errors, {} young VMs left alone",
-                report.drifts.len(),
-                report.errors.len(),
-                report.young
-            );
-            if report.errors.is_empty() {
-                Ok(())
-            } else {
-                Err(Failure(
-                    1,
-                    "some fixes failed; the next pass retries them".into(),
-                ))
-            }
+            log::info!("reconcile loop stopped");
+            Ok(())
+        }
+    }
+}
+
+fn print_report(report: &slurm_one::provision::ReconcileReport, dry_run: bool) {
+    for d in &report.drifts {
+        println!("{}{d:?}", if dry_run { "would fix: " } else { "fixed: " });
+    }
+    for e in &report.errors {
+        println!("error: {e}");
+    }
+    println!(
+        "{} drifts, {} errors, {} young VMs left alone",
+        report.drifts.len(),
+        report.errors.len(),
+        report.young
+    );
+}
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn stopping() -> bool {
+    STOP.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn install_stop_handler() {
+    let handler: extern "C" fn(libc::c_int) = on_stop;
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(sig, handler as libc::sighandler_t);
         }
     }
 }

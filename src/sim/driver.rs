@@ -79,35 +79,48 @@ pub trait Driver: Send + Sync {
     fn shutdown(&self, remove_network: bool) -> Result<(), String>;
 }
 
-/// oned's dummy VMM: every operation succeeds at once; the guest is ready when it runs.
+/// oned's dummy VMM plus a simulated guest: every operation succeeds at once, and the guest's
+/// contextualization reports READY as soon as it runs (`--dummy-guest true`, the default;
+/// slurm-one's tests and benchmarks wait for READY).
 pub struct DummyDriver;
 
-impl Driver for DummyDriver {
-    fn vm_mad(&self) -> &'static str {
-        "dummy"
-    }
-    fn hotplug_resize(&self) -> bool {
-        false
-    }
-    fn call(&self, _: DriverCall, _: &BootSpec) -> Result<(), String> {
-        Ok(())
-    }
-    fn guest_ready(&self, _: u32) -> bool {
-        true
-    }
-    fn guest_alive(&self, _: u32) -> bool {
-        true
-    }
-    fn is_slow(&self) -> bool {
-        false
-    }
-    fn existing(&self) -> Vec<u32> {
-        Vec::new()
-    }
-    fn shutdown(&self, _: bool) -> Result<(), String> {
-        Ok(())
-    }
+/// Exactly oned's dummy VMM (`--dummy-guest false`): every operation succeeds at once and no
+/// guest ever reports READY.
+pub struct BareDummyDriver;
+
+macro_rules! dummy_driver {
+    ($ty:ty, $ready:expr) => {
+        impl Driver for $ty {
+            fn vm_mad(&self) -> &'static str {
+                "dummy"
+            }
+            fn hotplug_resize(&self) -> bool {
+                false
+            }
+            fn call(&self, _: DriverCall, _: &BootSpec) -> Result<(), String> {
+                Ok(())
+            }
+            fn guest_ready(&self, _: u32) -> bool {
+                $ready
+            }
+            fn guest_alive(&self, _: u32) -> bool {
+                true
+            }
+            fn is_slow(&self) -> bool {
+                false
+            }
+            fn existing(&self) -> Vec<u32> {
+                Vec::new()
+            }
+            fn shutdown(&self, _: bool) -> Result<(), String> {
+                Ok(())
+            }
+        }
+    };
 }
+
+dummy_driver!(DummyDriver, true);
+dummy_driver!(BareDummyDriver, false);
 
 /// VMs as Linux namespaces running real processes.
 pub struct NamespaceDriver {

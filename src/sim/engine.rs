@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::driver::{BootSpec, Driver};
 use super::faults::Faults;
-use super::model::{Cloud, DriverCall, DriverOp};
+use super::model::{Cloud, DriverCall, DriverOp, Owner};
 use crate::one::states::{HostState, LcmState, VmState};
 
 /// How often the engine runs a round.
@@ -37,14 +37,17 @@ pub struct Sim {
     pub driver: Box<dyn Driver>,
     /// Active fault-injection rules.
     pub faults: Faults,
-    sessions: Vec<String>,
+    /// Session string → the user it logs in as.
+    sessions: Vec<(String, Owner)>,
     state_file: Option<PathBuf>,
     dirty: AtomicBool,
     stop: AtomicBool,
 }
 
 impl Sim {
-    /// A simulator over `cloud`; `state_file` makes it persistent.
+    /// A simulator over `cloud`; `state_file` makes it persistent. `sessions` are the
+    /// auth file's `user:password` lines: their users get uids in that order (oneadmin is
+    /// 0), kept in the state.
     pub fn new(
         cloud: Cloud,
         driver: Box<dyn Driver>,
@@ -53,6 +56,16 @@ impl Sim {
     ) -> Sim {
         let mut cloud = cloud;
         resume_interrupted_calls(&mut cloud);
+        let user_of = |s: &str| s.split_once(':').map_or(s, |(u, _)| u).to_string();
+        let names: Vec<String> = sessions.iter().map(|s| user_of(s)).collect();
+        cloud.register_users(names.iter().map(String::as_str));
+        let sessions = sessions
+            .into_iter()
+            .filter_map(|s| {
+                let owner = cloud.user(&user_of(&s))?;
+                Some((s, owner))
+            })
+            .collect();
         Sim {
             cloud: Mutex::new(cloud),
             driver,
@@ -75,9 +88,12 @@ impl Sim {
         self.dirty.store(true, Ordering::Release);
     }
 
-    /// Whether `session` (`user:password`) is one of the auth file's lines.
-    pub fn authenticate(&self, session: &str) -> bool {
-        self.sessions.iter().any(|s| s == session)
+    /// The user of `session` (`user:password`) if it is one of the auth file's lines.
+    pub fn authenticate(&self, session: &str) -> Option<&Owner> {
+        self.sessions
+            .iter()
+            .find(|(s, _)| s == session)
+            .map(|(_, owner)| owner)
     }
 
     /// Asks the engine loop to finish.

@@ -236,6 +236,7 @@ pub mod history_action {
     pub const LIVE_MIGRATE: u32 = 2;
     pub const UNDEPLOY: u32 = 5;
     pub const DELETE: u32 = 13;
+    pub const DELETE_RECREATE: u32 = 14;
     pub const UNDEPLOY_HARD: u32 = 6;
     pub const STOP: u32 = 9;
     pub const SUSPEND: u32 = 10;
@@ -326,10 +327,6 @@ pub struct Vm {
     pub pending_call: Option<DriverCall>,
     /// Host to move to when a migration completes.
     pub migrate_to: Option<u32>,
-    /// STOPPED or UNDEPLOYED while a resumed VM waits in PENDING: its placement goes
-    /// through PROLOG_RESUME or PROLOG_UNDEPLOY instead of PROLOG.
-    #[serde(default)]
-    pub resume_from: Option<VmState>,
 }
 
 impl Vm {
@@ -407,7 +404,23 @@ pub struct Host {
     pub vms: Vec<u32>,
 }
 
+/// LCM_STATE 60, a cold migration from UNKNOWN.
+const PROLOG_MIGRATE_UNKNOWN: LcmState = LcmState(60);
+
 impl Host {
+    /// `HostShare::test_compute`'s message when the VM does not fit, else `None`.
+    fn shortage(&self, cpu100: u64, mem_kib: u64) -> Option<String> {
+        let free_cpu = i128::from(self.total_cpu) - i128::from(self.cpu_usage);
+        let free_mem = i128::from(self.total_mem) - i128::from(self.mem_usage);
+        if i128::from(cpu100) > free_cpu {
+            Some(format!("Not enough CPU: {cpu100}/{free_cpu}"))
+        } else if i128::from(mem_kib) > free_mem {
+            Some(format!("Not enough memory: {mem_kib}/{free_mem}"))
+        } else {
+            None
+        }
+    }
+
     fn fits(&self, cpu100: u64, mem_kib: u64) -> bool {
         self.state == HostState::Monitored
             && self.cpu_usage + cpu100 <= self.total_cpu
@@ -972,7 +985,6 @@ impl Cloud {
                 op: DriverOp::Idle,
                 pending_call: None,
                 migrate_to: None,
-                resume_from: None,
             },
         );
         Ok(i64::from(id))
@@ -1405,9 +1417,8 @@ impl Cloud {
                     schedule(vm, now_ms + boot, Some(DriverCall::Boot));
                 }
                 VmState::Stopped | VmState::Undeployed => {
-                    // PREV_STATE settles to PENDING; remember where the VM comes from so
-                    // that placement goes through PROLOG_RESUME / PROLOG_UNDEPLOY.
-                    vm.resume_from = Some(s);
+                    // Placement then goes through PROLOG_RESUME / PROLOG_UNDEPLOY, as the
+                    // last HISTORY record's ACTION (stop / undeploy) tells.
                     vm.set_state(VmState::Pending, LcmState::LCM_INIT);
                 }
                 VmState::Active if l == LcmState::UNKNOWN => {
@@ -1457,9 +1468,25 @@ impl Cloud {
     }
 
     /// one.vm.deploy.
-    pub fn deploy(&mut self, id: i64, host_id: i64, enforce: bool, now_ms: u64) -> CallResult {
+    /// oned checks the host, then the VM, then ADMIN on the VM and MANAGE on the host.
+    pub fn deploy(
+        &mut self,
+        caller: &Owner,
+        id: i64,
+        host_id: i64,
+        enforce: bool,
+        now_ms: u64,
+    ) -> CallResult {
         let host = self.host(host_id)?.clone();
         let vm = self.vm(id)?;
+        let admin = Owner::oneadmin();
+        authorize(
+            caller,
+            &[
+                AuthItem::new(AuthOp::Admin, "VM", id, &vm.owner),
+                AuthItem::new(AuthOp::Manage, "HOST", host_id, &admin),
+            ],
+        )?;
         let deployable = matches!(
             vm.state,
             VmState::Pending | VmState::Hold | VmState::Stopped | VmState::Undeployed
@@ -1474,26 +1501,26 @@ impl Cloud {
             ));
         }
         let (cpu100, mem) = (cpu_units(vm.cpu()), vm.memory_mb() * 1024);
-        if enforce && !host.fits(cpu100, mem) {
-            return Err(OneError::new(
-                ErrorCode::Action,
-                format!(
-                    "Host {} does not have enough capacity for VM {id}: CPU {}/{}, MEMORY {}/{} KB",
-                    host.id,
-                    host.cpu_usage + cpu100,
-                    host.total_cpu,
-                    host.mem_usage + mem,
-                    host.total_mem
-                ),
-            ));
+        if enforce {
+            if let Some(why) = host.shortage(cpu100, mem) {
+                return Err(OneError::new(
+                    ErrorCode::Action,
+                    format!(
+                        "virtual machine [{id}] does not fit in host [{}]. {why}",
+                        host.id
+                    ),
+                ));
+            }
         }
         self.place(id_u32(id), host.id, now_ms);
         Ok(id)
     }
 
-    /// one.vm.migrate.
+    /// one.vm.migrate (`VirtualMachineAPI::migrate`): host, VM, authorization, then the
+    /// state: RUNNING, UNKNOWN, POWEROFF or SUSPENDED. `live` only matters while RUNNING.
     pub fn migrate(
         &mut self,
+        caller: &Owner,
         id: i64,
         host_id: i64,
         live: bool,
@@ -1502,20 +1529,28 @@ impl Cloud {
     ) -> CallResult {
         let host = self.host(host_id)?.clone();
         let step = self.timing_step();
-        let request_id = self.request(caller);
         let vm = self.vm(id)?;
-        let ok = if live {
-            vm.running()
-        } else {
-            vm.running() || matches!(vm.state, VmState::Poweroff | VmState::Suspended)
-        };
+        let admin = Owner::oneadmin();
+        authorize(
+            caller,
+            &[
+                AuthItem::new(AuthOp::Admin, "VM", id, &vm.owner),
+                AuthItem::new(AuthOp::Manage, "HOST", host_id, &admin),
+            ],
+        )?;
+        let ok = vm.running()
+            || vm.is(VmState::Active, LcmState::UNKNOWN)
+            || matches!(vm.state, VmState::Poweroff | VmState::Suspended);
         if !ok {
-            let what = if live { "live-migrate" } else { "migrate" };
-            return Err(OneError::action(
-                what,
-                format!("This action is not available for state {}", vm.state_name()),
+            return Err(OneError::new(
+                ErrorCode::Action,
+                format!(
+                    "Migrate action is not available for state {}",
+                    vm.state_name()
+                ),
             ));
         }
+        let live = live && vm.running();
         if vm.host == Some(host.id) {
             return Err(OneError::new(
                 ErrorCode::Action,
@@ -1526,12 +1561,18 @@ impl Cloud {
             ));
         }
         let (cpu100, mem) = (cpu_units(vm.cpu()), vm.memory_mb() * 1024);
-        if enforce && !host.fits(cpu100, mem) {
-            return Err(OneError::new(
-                ErrorCode::Action,
-                format!("Host {} does not have enough capacity for VM {id}", host.id),
-            ));
+        if enforce {
+            if let Some(why) = host.shortage(cpu100, mem) {
+                return Err(OneError::new(
+                    ErrorCode::Action,
+                    format!(
+                        "virtual machine [{id}] does not fit in host [{}]. {why}",
+                        host.id
+                    ),
+                ));
+            }
         }
+        let request_id = self.request(caller);
         let vm_id = id_u32(id);
         self.reserve(host.id, vm_id, cpu100, mem);
         let vm = self.vm_mut(id)?;
@@ -1555,6 +1596,10 @@ impl Cloud {
                 vm.set_state(VmState::Active, LcmState::PROLOG_MIGRATE_SUSPEND);
                 schedule(vm, now_ms + step, None);
             }
+            (false, _) if vm.lcm == LcmState::UNKNOWN => {
+                vm.set_state(VmState::Active, PROLOG_MIGRATE_UNKNOWN);
+                schedule(vm, now_ms + step, None);
+            }
             _ => {
                 vm.set_state(VmState::Active, LcmState::SAVE_MIGRATE);
                 schedule(vm, now_ms + step, Some(DriverCall::Suspend));
@@ -1566,67 +1611,98 @@ impl Cloud {
     /// one.vm.resize. `hotplug` says whether the driver can resize a running VM.
     pub fn resize(
         &mut self,
+        caller: &Owner,
         id: i64,
         text: &str,
         enforce: bool,
         hotplug: bool,
         now_ms: u64,
     ) -> CallResult {
+        // `VirtualMachineAPI::resize`: parse, authorize, read the new values (an absent or
+        // unreadable value is 0 and keeps the old one; a negative one is an error).
         let new =
             Template::parse(text).map_err(|e| OneError::new(ErrorCode::Internal, e.to_string()))?;
         let step = self.timing_step();
         let vm = self.vm(id)?.clone();
-        let offline = matches!(
-            vm.state,
-            VmState::Poweroff | VmState::Undeployed | VmState::Pending | VmState::Hold
-        ) || (vm.state == VmState::Active && vm.lcm.is_failure());
-        if !offline && !vm.running() {
-            return Err(OneError::new(
-                ErrorCode::Action,
-                format!(
-                    "Resize action is not available for state {}",
-                    vm.state_name()
-                ),
-            ));
-        }
-        if vm.running() && !hotplug {
-            return Err(OneError::new(
-                ErrorCode::Action,
-                format!("Hotplug resize not supported by driver {}", self.vm_mad),
-            ));
-        }
-        let mut t = vm.template.clone();
-        for key in ["CPU", "MEMORY", "VCPU"] {
-            if let Some(v) = new.get(key) {
-                t.set(key, v);
+        authorize(
+            caller,
+            &[AuthItem::new(AuthOp::Manage, "VM", id, &vm.owner)],
+        )?;
+        let enforce = enforce || !caller.is_admin();
+        let ncpu = new.get("CPU").and_then(cxx_float).unwrap_or(0.0);
+        let nmem = new.get("MEMORY").and_then(cxx_long).unwrap_or(0);
+        let nvcpu = new
+            .get("VCPU")
+            .and_then(cxx_long)
+            .filter(|v| i32::try_from(*v).is_ok())
+            .unwrap_or(0);
+        for (bad, what) in [
+            (ncpu < 0.0, "CPU must be a positive float or integer value."),
+            (nmem < 0, "MEMORY must be a positive integer value."),
+            (nvcpu < 0, "VCPU must be a positive integer value."),
+        ] {
+            if bad {
+                return Err(OneError::new(ErrorCode::Internal, what));
             }
         }
-        validate_capacity(&t)?;
-        let (old_cpu, old_mem) = (cpu_units(vm.cpu()), vm.memory_mb() * 1024);
-        let new_cpu = cpu_units(t.get("CPU").and_then(|v| v.parse().ok()).unwrap_or(0.0));
-        let new_mem = t
-            .get("MEMORY")
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024;
-        if let Some(hid) = vm.host {
-            if let Some(h) = self.hosts.get(&hid) {
-                let cpu_after = (h.cpu_usage + new_cpu).saturating_sub(old_cpu);
-                let mem_after = (h.mem_usage + new_mem).saturating_sub(old_mem);
-                if enforce && (cpu_after > h.total_cpu || mem_after > h.total_mem) {
+        let ocpu = vm.template.get("CPU").and_then(cxx_float).unwrap_or(0.0);
+        let omem = vm.template.get("MEMORY").and_then(cxx_long).unwrap_or(0);
+        let ovcpu = vm.template.get("VCPU").and_then(cxx_long).unwrap_or(0);
+        let cpu = if ncpu == 0.0 { ocpu } else { ncpu };
+        let mem = if nmem == 0 { omem } else { nmem };
+        let vcpu = if nvcpu == 0 { ovcpu } else { nvcpu };
+
+        // `DispatchManager::resize`: which states allow it.
+        let cannot = || {
+            OneError::new(
+                ErrorCode::Action,
+                format!("Cannot resize a VM in state {}", vm.state_name()),
+            )
+        };
+        match vm.state {
+            VmState::Active if !vm.running() => return Err(cannot()),
+            VmState::Active => {
+                if !hotplug {
                     return Err(OneError::new(
                         ErrorCode::Action,
-                        format!("Host {hid} does not have enough capacity to resize VM {id}"),
+                        format!("Hotplug resize not supported by driver {}", self.vm_mad),
                     ));
                 }
+                if ocpu == cpu && omem == mem && ovcpu == vcpu {
+                    return Ok(id); // "Nothing to resize"
+                }
             }
+            VmState::Stopped | VmState::Done | VmState::Suspended => return Err(cannot()),
+            _ => {}
+        }
+        let new_cpu = cpu_units(f64::from(cpu));
+        let new_mem = u64::try_from(mem).unwrap_or(0) * 1024;
+        let host_held = vm.state == VmState::Poweroff || vm.running();
+        if let Some(hid) = vm.host.filter(|_| host_held) {
+            let (old_cpu, old_mem) = (cpu_units(vm.cpu()), vm.memory_mb() * 1024);
             if let Some(h) = self.hosts.get_mut(&hid) {
-                h.cpu_usage = (h.cpu_usage + new_cpu).saturating_sub(old_cpu);
-                h.mem_usage = (h.mem_usage + new_mem).saturating_sub(old_mem);
+                h.cpu_usage = h.cpu_usage.saturating_sub(old_cpu);
+                h.mem_usage = h.mem_usage.saturating_sub(old_mem);
+                let short = if enforce {
+                    h.shortage(new_cpu, new_mem)
+                } else {
+                    None
+                };
+                if let Some(why) = short {
+                    h.cpu_usage += old_cpu;
+                    h.mem_usage += old_mem;
+                    return Err(OneError::new(ErrorCode::Action, why));
+                }
+                h.cpu_usage += new_cpu;
+                h.mem_usage += new_mem;
             }
         }
         let vm = self.vm_mut(id)?;
-        vm.template = t;
+        vm.template.set("CPU", &cxx_float_str(cpu));
+        vm.template.set("MEMORY", &mem.to_string());
+        if vcpu > 0 {
+            vm.template.set("VCPU", &vcpu.to_string());
+        }
         sort_template(&mut vm.template);
         if vm.running() {
             vm.set_state(VmState::Active, LcmState::HOTPLUG_RESIZE);
@@ -1635,34 +1711,56 @@ impl Cloud {
         Ok(id)
     }
 
-    /// one.vm.recover: 0 failure, 1 success, 2 retry, 3 delete, 4 delete-recreate,
-    /// 5 delete-db (drops the record only; the hypervisor's VM is left, as with oned).
-    pub fn recover(&mut self, id: i64, op: i64, now_ms: u64) -> CallResult {
+    /// one.vm.recover (`VirtualMachineAPI::recover`, `DispatchManager::recover|retry|
+    /// delete_vm|delete_recreate|delete_vm_db`): 0 failure, 1 success, 2 retry, 3 delete,
+    /// 4 delete-recreate, 5 delete-db (the VM is DONE at once and the driver is not asked to
+    /// remove it, as with oned).
+    pub fn recover(&mut self, caller: &Owner, id: i64, op: i64, now_ms: u64) -> CallResult {
         if !(0..=5).contains(&op) {
             return Err(OneError::new(
-                ErrorCode::XmlRpcApi,
-                "Wrong recover operation code",
+                ErrorCode::Action,
+                "Wrong recovery operation code",
             ));
+        }
+        {
+            let vm = self.vm(id)?;
+            authorize(caller, &[AuthItem::new(AuthOp::Admin, "VM", id, &vm.owner)])?;
         }
         let step = self.timing_step();
         let request_id = self.request(caller);
         let vm = self.vm_mut(id)?;
-        if vm.state == VmState::Done {
-            return Err(OneError::action(
-                "recover",
-                format!("This action is not available for state {}", vm.state_name()),
-            ));
-        }
-        let transitional = vm.state == VmState::Active
+        let active = vm.state == VmState::Active;
+        let transitional = active
             && vm.lcm != LcmState::RUNNING
             && vm.lcm != LcmState::UNKNOWN
+            && vm.lcm != LcmState::LCM_INIT
+            && vm.lcm != LcmState::CLEANUP_DELETE
+            && vm.lcm != LcmState::CLEANUP_RESUBMIT
             && !vm.lcm.is_failure();
+        let wrong_state = |what: &str, vm: &Vm| {
+            OneError::new(
+                ErrorCode::Action,
+                format!(
+                    "Could not perform a {what} on VM {id}, wrong state {}.",
+                    vm.state_name()
+                ),
+            )
+        };
         match op {
-            0..=2 if !(transitional || vm.lcm.is_failure()) => {
-                return Err(OneError::action(
-                    "recover",
-                    format!("This action is not available for state {}", vm.state_name()),
-                ));
+            0 | 1 if !active => return Err(wrong_state("recover operation", vm)),
+            2 if !active => return Err(wrong_state("retry", vm)),
+            0 | 1 if vm.lcm == LcmState::UNKNOWN => {
+                vm.set_state(VmState::Active, LcmState::RUNNING);
+            }
+            0 | 1 if vm.lcm == LcmState::CLEANUP_DELETE => {
+                vm.pending_call = None;
+                vm.op = DriverOp::Idle;
+                vm.due_ms = now_ms;
+            }
+            0 | 1 if vm.lcm == LcmState::CLEANUP_RESUBMIT => {
+                vm.pending_call = None;
+                vm.op = DriverOp::Idle;
+                vm.due_ms = now_ms;
             }
             0 if transitional => {
                 vm.pending_call = None;
@@ -1675,12 +1773,7 @@ impl Cloud {
                 vm.op = DriverOp::Idle;
                 vm.due_ms = now_ms;
             }
-            2 if transitional => {
-                vm.op = DriverOp::Idle;
-                vm.due_ms = now_ms;
-            }
-            0 => {}
-            1 | 2 => {
+            1 | 2 if vm.lcm.is_failure() => {
                 let (next, call) = match (vm.lcm, op) {
                     (LcmState::PROLOG_FAILURE, 1) => (LcmState::BOOT, Some(DriverCall::Boot)),
                     (LcmState::PROLOG_FAILURE, _) => (LcmState::PROLOG, None),
@@ -1695,30 +1788,60 @@ impl Cloud {
                     schedule(vm, now_ms + step, call);
                 }
             }
-            3 | 4 => {
-                close_history(vm, now_ms, history_action::DELETE, request_id);
-                if vm.host.is_none() {
-                    vm.pending_call = None;
-                    if op == 3 {
+            // Nothing to recover or retry in this LCM state: oned accepts and does nothing.
+            0..=2 => {}
+            3 => match vm.state {
+                VmState::Done => {}
+                VmState::Active => {
+                    close_history(vm, now_ms, history_action::DELETE, request_id);
+                    if vm.host.is_none() {
+                        vm.pending_call = None;
                         vm.set_state(VmState::Done, LcmState::LCM_INIT);
                         vm.etime = now_secs(now_ms);
                         self.finish_vm(id);
                     } else {
-                        vm.set_state(VmState::Pending, LcmState::LCM_INIT);
+                        vm.set_state(VmState::Active, LcmState::CLEANUP_DELETE);
+                        schedule(vm, now_ms + step, Some(DriverCall::Destroy));
                     }
-                    return Ok(id);
                 }
-                let lcm = if op == 3 {
-                    LcmState::CLEANUP_DELETE
-                } else {
-                    LcmState::CLEANUP_RESUBMIT
-                };
-                vm.set_state(VmState::Active, lcm);
-                schedule(vm, now_ms + step, Some(DriverCall::Destroy));
-            }
+                s => {
+                    // Not running anywhere: DONE at once (the epilog runs on its own).
+                    close_history(vm, now_ms, history_action::DELETE, request_id);
+                    let call = matches!(s, VmState::Poweroff | VmState::Suspended)
+                        .then_some(DriverCall::Destroy);
+                    vm.set_state(VmState::Done, LcmState::LCM_INIT);
+                    vm.etime = now_secs(now_ms);
+                    vm.pending_call = call;
+                    vm.op = DriverOp::Idle;
+                    self.finish_vm(id);
+                }
+            },
+            4 => match vm.state {
+                VmState::Done => {
+                    return Err(OneError::new(
+                        ErrorCode::Action,
+                        "Cannot delete-recreate a VM already in DONE state",
+                    ))
+                }
+                VmState::Init | VmState::Pending | VmState::Cloning | VmState::CloningFailure => {}
+                VmState::Hold | VmState::Stopped | VmState::Undeployed => {
+                    set_history_action(vm, history_action::DELETE_RECREATE, request_id);
+                    vm.set_state(VmState::Pending, LcmState::LCM_INIT);
+                }
+                _ => {
+                    close_history(vm, now_ms, history_action::DELETE_RECREATE, request_id);
+                    vm.set_state(VmState::Active, LcmState::CLEANUP_RESUBMIT);
+                    schedule(vm, now_ms + step, Some(DriverCall::Destroy));
+                }
+            },
             _ => {
-                self.finish_vm(id);
-                self.vms.remove(&id_u32(id));
+                if vm.state != VmState::Done {
+                    vm.set_state(VmState::Done, LcmState::LCM_INIT);
+                    vm.etime = now_secs(now_ms);
+                    vm.pending_call = None;
+                    vm.op = DriverOp::Idle;
+                    self.finish_vm(id);
+                }
             }
         }
         Ok(id)
@@ -1780,19 +1903,20 @@ impl Cloud {
         };
         let Some(vm) = self.vms.get(&id) else { return };
         let (cpu, mem) = (cpu_units(vm.cpu()), vm.memory_mb() * 1024);
-        let origin = match vm.state {
-            VmState::Pending => vm.resume_from,
-            s => Some(s),
-        };
-        let from_stop = origin == Some(VmState::Stopped);
-        let from_undeploy = origin == Some(VmState::Undeployed);
+        // `LifeCycleManager::trigger_deploy`: the previous stay's ACTION decides the
+        // PROLOG flavour, whatever PREV_STATE says by now (a resumed VM waits in PENDING).
+        let previous = vm.history.last().map(|h| h.action);
+        let from_stop = previous == Some(history_action::STOP);
+        let from_undeploy = matches!(
+            previous,
+            Some(history_action::UNDEPLOY | history_action::UNDEPLOY_HARD)
+        );
         self.reserve(host_id, id, cpu, mem);
         let Some(vm) = self.vms.get_mut(&id) else {
             return;
         };
         vm.host = Some(host_id);
         vm.deploy_id = format!("{}:{}:{}", host.name, vm.name, host.vm_mad);
-        vm.resume_from = None;
         vm.template.set("TM_MAD_SYSTEM", &host.vm_mad);
         sort_template(&mut vm.template);
         if let Some(last) = vm.history.last_mut() {
@@ -1954,6 +2078,13 @@ impl Cloud {
                     schedule(vm, now_ms + step, Some(DriverCall::Resume));
                 }
             }
+            PROLOG_MIGRATE_UNKNOWN => {
+                self.finish_migration(id, now_ms);
+                if let Some(vm) = self.vms.get_mut(&id) {
+                    vm.set_state(VmState::Active, LcmState::BOOT);
+                    schedule(vm, now_ms + boot, Some(DriverCall::Boot));
+                }
+            }
             LcmState::PROLOG_MIGRATE_POWEROFF => {
                 self.finish_migration(id, now_ms);
                 if let Some(vm) = self.vms.get_mut(&id) {
@@ -2094,8 +2225,9 @@ impl Cloud {
         }
     }
 
-    /// Ids of the VMs a pool call lists, in oned's order (descending id), or its error.
-    pub fn pool_ids(&self, f: PoolFilter) -> Result<Vec<u32>, OneError> {
+    /// Ids of the VMs a pool call by `caller` lists, in oned's order (descending id), or
+    /// its error (`PoolSharedAPI::dump`, `PoolSQL::oid_filter|usr_filter`).
+    pub fn pool_ids(&self, caller: &Owner, f: PoolFilter) -> Result<Vec<u32>, OneError> {
         if f.filter < -4 {
             return Err(OneError::new(ErrorCode::XmlRpcApi, "Incorrect filter_flag"));
         }
@@ -2110,31 +2242,33 @@ impl Cloud {
             -1 => v.state != VmState::Done,
             s => v.state.number() == s,
         };
-        // Every VM belongs to oneadmin (uid 0, group 0): the negative filters all match it,
-        // a uid filter only for uid 0.
-        let uid_ok = f.filter <= 0;
-        let mut ids: Vec<u32> = self
-            .vms
-            .values()
-            .filter(|v| uid_ok && state_ok(v))
-            .map(|v| v.id)
-            .collect();
-        if f.end < -1 {
-            // Pagination: LIMIT offset, -end over ascending ids, then oned's order.
-            let offset = usize::try_from(f.start.max(0)).unwrap_or(0);
-            let size = usize::try_from(-i64::from(f.end)).unwrap_or(0);
-            ids = ids.into_iter().skip(offset).take(size).collect();
-        } else if f.start != -1 || f.end != -1 {
-            let start = i64::from(f.start);
-            let end = if f.end == -1 {
+        // WHERE (oid range) AND (owner filter) AND (state) ORDER BY oid DESC [LIMIT o, n]:
+        // the id range applies only with a start id and end >= -1; end < -1 pages through
+        // the descending list with offset `start` (negative counts as 0, as in SQLite).
+        let (lo, hi) = if f.end >= -1 && f.start != -1 {
+            let hi = if f.end == -1 {
                 i64::MAX
             } else {
                 i64::from(f.end)
             };
-            ids.retain(|id| i64::from(*id) >= start && i64::from(*id) <= end);
-        }
-        ids.reverse();
-        Ok(ids)
+            (i64::from(f.start), hi)
+        } else {
+            (i64::MIN, i64::MAX)
+        };
+        let ids = self
+            .vms
+            .values()
+            .rev()
+            .filter(|v| (lo..=hi).contains(&i64::from(v.id)))
+            .filter(|v| listed(caller, f.filter, &v.owner) && state_ok(v))
+            .map(|v| v.id);
+        Ok(if f.end < -1 {
+            let offset = usize::try_from(f.start.max(0)).unwrap_or(0);
+            let size = usize::try_from(-i64::from(f.end)).unwrap_or(usize::MAX);
+            ids.skip(offset).take(size).collect()
+        } else {
+            ids.collect()
+        })
     }
 }
 
@@ -2295,6 +2429,10 @@ fn uuid_for(id: u32, now_ms: u64) -> String {
 mod tests {
     use super::*;
 
+    fn admin() -> Owner {
+        Owner::oneadmin()
+    }
+
     fn cloud() -> Cloud {
         let mut c = Cloud::new(
             "dummy",
@@ -2331,7 +2469,7 @@ mod tests {
     fn allocated_vm_is_placed_and_reaches_running() {
         let mut c = cloud();
         let id = c
-            .allocate_vm("MEMORY=512\nCPU=0.25\nVCPU=2\n", false, 1_000)
+            .allocate_vm(&admin(), "MEMORY=512\nCPU=0.25\nVCPU=2\n", false, 1_000)
             .unwrap();
         assert_eq!(c.vm(id).unwrap().state, VmState::Pending);
         c.schedule_pending(1_000);
@@ -2347,7 +2485,9 @@ mod tests {
     #[test]
     fn vm_too_big_for_every_host_stays_pending_with_a_reason() {
         let mut c = cloud();
-        let id = c.allocate_vm("MEMORY=999999\nCPU=1\n", false, 0).unwrap();
+        let id = c
+            .allocate_vm(&admin(), "MEMORY=999999\nCPU=1\n", false, 0)
+            .unwrap();
         run_until_stable(&mut c, 0);
         let vm = c.vm(id).unwrap();
         assert_eq!(vm.state, VmState::Pending);
@@ -2361,9 +2501,11 @@ mod tests {
     #[test]
     fn terminate_of_running_vm_ends_done_and_frees_the_host() {
         let mut c = cloud();
-        let id = c.allocate_vm("MEMORY=512\nCPU=1\n", false, 0).unwrap();
+        let id = c
+            .allocate_vm(&admin(), "MEMORY=512\nCPU=1\n", false, 0)
+            .unwrap();
         let now = run_until_stable(&mut c, 0);
-        c.action("terminate", id, now).unwrap();
+        c.action(&admin(), "terminate", id, now).unwrap();
         assert_eq!(c.vm(id).unwrap().lcm, LcmState::SHUTDOWN);
         run_until_stable(&mut c, now);
         assert_eq!(c.vm(id).unwrap().state, VmState::Done);
@@ -2376,10 +2518,12 @@ mod tests {
     #[test]
     fn terminate_during_boot_is_refused_with_onedss_message() {
         let mut c = cloud();
-        let id = c.allocate_vm("MEMORY=512\nCPU=1\n", false, 0).unwrap();
+        let id = c
+            .allocate_vm(&admin(), "MEMORY=512\nCPU=1\n", false, 0)
+            .unwrap();
         c.schedule_pending(0);
         c.advance(100);
-        let err = c.action("terminate", id, 100).unwrap_err();
+        let err = c.action(&admin(), "terminate", id, 100).unwrap_err();
         assert_eq!(err.code, ErrorCode::Action);
         assert_eq!(
             err.message,
@@ -2390,31 +2534,47 @@ mod tests {
     #[test]
     fn recover_delete_ends_a_vm_stuck_in_boot() {
         let mut c = cloud();
-        let id = c.allocate_vm("MEMORY=512\nCPU=1\n", false, 0).unwrap();
+        let id = c
+            .allocate_vm(&admin(), "MEMORY=512\nCPU=1\n", false, 0)
+            .unwrap();
         c.schedule_pending(0);
         c.advance(100);
         assert_eq!(c.vm(id).unwrap().lcm, LcmState::BOOT);
-        c.recover(id, 3, 100).unwrap();
+        c.recover(&admin(), id, 3, 100).unwrap();
         assert_eq!(c.vm(id).unwrap().lcm, LcmState::CLEANUP_DELETE);
         run_until_stable(&mut c, 100);
         assert_eq!(c.vm(id).unwrap().state, VmState::Done);
         assert!(c.hosts.values().all(|h| h.vms.is_empty()));
-        assert_eq!(c.recover(id, 3, 2000).unwrap_err().code, ErrorCode::Action);
+        // DispatchManager::delete_vm accepts a DONE VM and does nothing.
+        assert_eq!(c.recover(&admin(), id, 3, 2000), Ok(i64::from(id_u32(id))));
+        let bad = c.recover(&admin(), id, 9, 2000).unwrap_err();
         assert_eq!(
-            c.recover(id, 9, 2000).unwrap_err().code,
-            ErrorCode::XmlRpcApi
+            (bad.code, bad.message.as_str()),
+            (ErrorCode::Action, "Wrong recovery operation code")
+        );
+        let err = c.recover(&admin(), id, 2, 2000).unwrap_err();
+        assert_eq!(
+            err.message,
+            format!("Could not perform a retry on VM {id}, wrong state DONE.")
+        );
+        let err = c.recover(&admin(), id, 0, 2000).unwrap_err();
+        assert_eq!(
+            err.message,
+            format!("Could not perform a recover operation on VM {id}, wrong state DONE.")
         );
     }
 
     #[test]
     fn recover_retry_boots_a_failed_vm_again() {
         let mut c = cloud();
-        let id = c.allocate_vm("MEMORY=512\nCPU=1\n", false, 0).unwrap();
+        let id = c
+            .allocate_vm(&admin(), "MEMORY=512\nCPU=1\n", false, 0)
+            .unwrap();
         let now = run_until_stable(&mut c, 0);
         c.force_failure(id, LcmState::BOOT_FAILURE, "boom", now)
             .unwrap();
         assert!(c.vm(id).unwrap().user_template.get("ERROR").is_some());
-        c.recover(id, 2, now).unwrap();
+        c.recover(&admin(), id, 2, now).unwrap();
         run_until_stable(&mut c, now);
         let vm = c.vm(id).unwrap();
         assert_eq!((vm.state, vm.lcm), (VmState::Active, LcmState::RUNNING));
@@ -2424,7 +2584,7 @@ mod tests {
     #[test]
     fn missing_memory_is_an_internal_error() {
         let mut c = cloud();
-        let err = c.allocate_vm("CPU=1", false, 0).unwrap_err();
+        let err = c.allocate_vm(&admin(), "CPU=1", false, 0).unwrap_err();
         assert_eq!(err.code, ErrorCode::Internal);
         assert_eq!(
             err.message,
@@ -2435,19 +2595,310 @@ mod tests {
     #[test]
     fn pool_filter_hides_done_unless_asked() {
         let mut c = cloud();
-        let a = c.allocate_vm("MEMORY=1\nCPU=1\n", false, 0).unwrap();
-        let b = c.allocate_vm("MEMORY=1\nCPU=1\n", false, 0).unwrap();
-        c.action("terminate", a, 0).unwrap();
+        let a = c
+            .allocate_vm(&admin(), "MEMORY=1\nCPU=1\n", false, 0)
+            .unwrap();
+        let b = c
+            .allocate_vm(&admin(), "MEMORY=1\nCPU=1\n", false, 0)
+            .unwrap();
+        c.action(&admin(), "terminate", a, 0).unwrap();
         let f = |state| PoolFilter {
             filter: -2,
             start: -1,
             end: -1,
             state,
         };
-        assert_eq!(c.pool_ids(f(-1)).unwrap(), vec![id_u32(b)]);
-        assert_eq!(c.pool_ids(f(-2)).unwrap(), vec![id_u32(b), id_u32(a)]);
-        assert_eq!(c.pool_ids(f(6)).unwrap(), vec![id_u32(a)]);
-        assert!(c.pool_ids(f(12)).is_err());
+        assert_eq!(c.pool_ids(&admin(), f(-1)).unwrap(), vec![id_u32(b)]);
+        assert_eq!(
+            c.pool_ids(&admin(), f(-2)).unwrap(),
+            vec![id_u32(b), id_u32(a)]
+        );
+        assert_eq!(c.pool_ids(&admin(), f(6)).unwrap(), vec![id_u32(a)]);
+        assert!(c.pool_ids(&admin(), f(12)).is_err());
+    }
+
+    fn alice() -> Owner {
+        Owner {
+            uid: 1,
+            gid: 1,
+            uname: "alice".into(),
+            gname: "users".into(),
+        }
+    }
+
+    fn pool(c: &Cloud, who: &Owner, filter: i32, start: i32, end: i32) -> Vec<u32> {
+        c.pool_ids(
+            who,
+            PoolFilter {
+                filter,
+                start,
+                end,
+                state: -2,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn capacity_is_normalised_like_oned_at_allocate_and_resize() {
+        let mut c = cloud();
+        let id = c
+            .allocate_vm(
+                &admin(),
+                "CPU=\"0.50\"\nMEMORY=\"0384\"\nVCPU=\"02\"\n",
+                true,
+                0,
+            )
+            .unwrap();
+        let t = &c.vm(id).unwrap().template;
+        assert_eq!(
+            (t.get("CPU"), t.get("MEMORY"), t.get("VCPU")),
+            (Some("0.5"), Some("384"), Some("2"))
+        );
+        c.resize(
+            &admin(),
+            id,
+            "CPU=\"1.250\"\nMEMORY=\"0256\"",
+            false,
+            false,
+            0,
+        )
+        .unwrap();
+        let t = &c.vm(id).unwrap().template;
+        assert_eq!(
+            (t.get("CPU"), t.get("MEMORY"), t.get("VCPU")),
+            (Some("1.25"), Some("256"), Some("2"))
+        );
+        // trailing junk or blanks are not numbers for istringstream
+        for bad in ["MEMORY=\"12x\"\nCPU=1", "MEMORY=\"1.5\"\nCPU=1"] {
+            let e = c.allocate_vm(&admin(), bad, true, 0).unwrap_err();
+            assert_eq!(
+                e.message,
+                "MEMORY attribute must be a positive integer value."
+            );
+        }
+        let e = c
+            .allocate_vm(&admin(), "MEMORY=1\nCPU=\"inf\"", true, 0)
+            .unwrap_err();
+        assert_eq!(
+            e.message,
+            "CPU attribute must be a positive float or integer value."
+        );
+    }
+
+    #[test]
+    fn floats_print_like_ostream() {
+        for (v, s) in [
+            (0.5, "0.5"),
+            (2.0, "2"),
+            (1.0 / 3.0, "0.333333"),
+            (0.1, "0.1"),
+            (1e6, "1e+06"),
+            (1_234_567.0, "1.23457e+06"),
+            (123_456.0, "123456"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+        ] {
+            assert_eq!(cxx_float_str(v), s, "{v}");
+        }
+    }
+
+    #[test]
+    fn names_are_checked_with_oneds_messages() {
+        let mut c = cloud();
+        let e = c
+            .allocate_vm(&admin(), "NAME=\"a/b\"\nMEMORY=1\nCPU=1", false, 0)
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (ErrorCode::Internal, "Invalid NAME, char '/' is not allowed")
+        );
+        let long = "x".repeat(129);
+        let e = c
+            .allocate_vm(&admin(), &format!("NAME={long}\nMEMORY=1\nCPU=1"), false, 0)
+            .unwrap_err();
+        assert_eq!(e.message, "Invalid NAME, max length is 128 chars");
+        // the name is checked before the capacity
+        let e = c
+            .allocate_vm(&admin(), "NAME=\"a;b\"", false, 0)
+            .unwrap_err();
+        assert_eq!(e.message, "Invalid NAME, char ';' is not allowed");
+        // an empty VM name falls back to one-<id>
+        let id = c
+            .allocate_vm(&admin(), "NAME=\"\"\nMEMORY=1\nCPU=1", true, 0)
+            .unwrap();
+        assert_eq!(c.vm(id).unwrap().name, format!("one-{id}"));
+        let e = c
+            .allocate_template(&admin(), "CPU=1\nMEMORY=1", 0)
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (ErrorCode::Internal, "Invalid NAME, it cannot be empty")
+        );
+        let e = c
+            .allocate_host(&admin(), "-bad", "dummy", "dummy", -1)
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (
+                ErrorCode::Allocate,
+                "Error allocating a new host. Invalid HOSTNAME, first character can't be '-'"
+            )
+        );
+    }
+
+    #[test]
+    fn pool_ranges_and_pages_follow_oned() {
+        let mut c = cloud();
+        for _ in 0..6 {
+            c.allocate_vm(&admin(), "MEMORY=1\nCPU=1", true, 0).unwrap();
+        }
+        let a = admin();
+        assert_eq!(
+            pool(&c, &a, -2, -1, 2),
+            vec![5, 4, 3, 2, 1, 0],
+            "no start: no range"
+        );
+        assert_eq!(pool(&c, &a, -2, 1, 3), vec![3, 2, 1]);
+        assert_eq!(pool(&c, &a, -2, 4, -1), vec![5, 4]);
+        assert_eq!(pool(&c, &a, -2, 0, -2), vec![5, 4], "LIMIT 0,2 over DESC");
+        assert_eq!(pool(&c, &a, -2, 2, -2), vec![3, 2]);
+        assert_eq!(pool(&c, &a, -2, 4, -10), vec![1, 0]);
+        assert_eq!(pool(&c, &a, -2, -1, -3), vec![5, 4, 3]);
+    }
+
+    #[test]
+    fn vms_belong_to_their_caller_and_others_are_not_authorized() {
+        let mut c = cloud();
+        c.register_users(["oneadmin", "alice", "bob"]);
+        assert_eq!(c.user("alice"), Some(alice()));
+        assert_eq!(c.user("bob").map(|o| o.uid), Some(2));
+        assert_eq!(c.user("oneadmin"), Some(admin()));
+        let mine = c.allocate_vm(&admin(), "MEMORY=1\nCPU=1", true, 0).unwrap();
+        let hers = c.allocate_vm(&alice(), "MEMORY=1\nCPU=1", true, 0).unwrap();
+        assert_eq!(c.vm(hers).unwrap().owner, alice());
+        let (m, h) = (id_u32(mine), id_u32(hers));
+
+        assert_eq!(pool(&c, &admin(), -2, -1, -1), vec![h, m]);
+        assert_eq!(pool(&c, &admin(), -3, -1, -1), vec![m]);
+        assert_eq!(
+            pool(&c, &admin(), -4, -1, -1),
+            vec![m],
+            "group oneadmin only"
+        );
+        assert_eq!(pool(&c, &admin(), -1, -1, -1), vec![m]);
+        assert_eq!(pool(&c, &admin(), 1, -1, -1), vec![h]);
+        for f in [-4, -3, -2, -1, 1] {
+            assert_eq!(pool(&c, &alice(), f, -1, -1), vec![h], "filter {f}");
+        }
+        assert!(pool(&c, &alice(), 0, -1, -1).is_empty());
+
+        let e = c.vm_info(&alice(), mine).unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str(), e.resp_id),
+            (
+                ErrorCode::Authorization,
+                format!("User [1] : Not authorized to perform USE VM [{mine}].").as_str(),
+                -1
+            )
+        );
+        let e = c.action(&alice(), "terminate", mine, 0).unwrap_err();
+        assert_eq!(
+            e.message,
+            format!("User [1] : Not authorized to perform MANAGE VM [{mine}].")
+        );
+        let e = c.deploy(&alice(), hers, 0, false, 0).unwrap_err();
+        assert_eq!(
+            e.message,
+            format!(
+                "User [1] : Not authorized to perform ADMIN VM [{hers}]; \
+                 Not authorized to perform MANAGE HOST [0]."
+            )
+        );
+        assert!(c.vm_info(&alice(), hers).is_ok());
+        assert!(c.vm_info(&admin(), hers).is_ok());
+        assert_eq!(c.action(&alice(), "release", hers, 0), Ok(hers));
+        // a missing VM is NO_EXISTS before anything else
+        let e = c.action(&alice(), "frobnicate", 99, 0).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NoExists);
+    }
+
+    #[test]
+    fn resume_after_stop_or_undeploy_goes_through_its_own_prolog() {
+        for (action, prolog, boot) in [
+            ("stop", LcmState::PROLOG_RESUME, LcmState::BOOT_STOPPED),
+            (
+                "undeploy",
+                LcmState::PROLOG_UNDEPLOY,
+                LcmState::BOOT_UNDEPLOY,
+            ),
+        ] {
+            let mut c = cloud();
+            let id = c
+                .allocate_vm(&admin(), "MEMORY=512\nCPU=1\n", false, 0)
+                .unwrap();
+            let now = run_until_stable(&mut c, 0);
+            c.action(&admin(), action, id, now).unwrap();
+            let now = run_until_stable(&mut c, now);
+            c.action(&admin(), "resume", id, now).unwrap();
+            let vm = c.vm(id).unwrap();
+            assert_eq!(vm.state, VmState::Pending);
+            assert_eq!(vm.prev_state, VmState::Pending, "PREV_STATE settles");
+            c.schedule_pending(now);
+            assert_eq!(c.vm(id).unwrap().lcm, prolog, "{action}");
+            c.advance(now + 20);
+            assert_eq!(c.vm(id).unwrap().lcm, boot, "{action}");
+            run_until_stable(&mut c, now + 40);
+            assert_eq!(c.vm(id).unwrap().lcm, LcmState::RUNNING);
+        }
+    }
+
+    #[test]
+    fn submit_on_hold_stays_in_the_template() {
+        let mut c = cloud();
+        let id = c.allocate_vm(&admin(), "MEMORY=1\nCPU=1", true, 0).unwrap();
+        c.action(&admin(), "release", id, 0).unwrap();
+        run_until_stable(&mut c, 0);
+        let vm = c.vm(id).unwrap();
+        assert_eq!(vm.lcm, LcmState::RUNNING);
+        assert_eq!(vm.template.get("SUBMIT_ON_HOLD"), Some("YES"));
+    }
+
+    #[test]
+    fn migrate_and_resize_refusals_use_oneds_messages() {
+        let mut c = cloud();
+        let held = c.allocate_vm(&admin(), "MEMORY=1\nCPU=1", true, 0).unwrap();
+        let e = c.migrate(&admin(), held, 1, false, false, 0).unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (
+                ErrorCode::Action,
+                "Migrate action is not available for state HOLD"
+            )
+        );
+        let e = c
+            .resize(&admin(), held, "MEMORY=\"-1\"", false, false, 0)
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (
+                ErrorCode::Internal,
+                "MEMORY must be a positive integer value."
+            )
+        );
+        let id = c
+            .allocate_vm(&admin(), "MEMORY=1\nCPU=1", false, 0)
+            .unwrap();
+        let now = run_until_stable(&mut c, 0);
+        c.action(&admin(), "suspend", id, now).unwrap();
+        let now = run_until_stable(&mut c, now);
+        let e = c
+            .resize(&admin(), id, "CPU=\"1\"", false, false, now)
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (ErrorCode::Action, "Cannot resize a VM in state SUSPENDED")
+        );
     }
 
     #[test]

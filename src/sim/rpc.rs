@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::engine::{now_ms, Sim};
 use super::faults::Injected;
-use super::model::{OneError, PoolFilter};
+use super::model::{OneError, Owner, PoolFilter};
 use super::xml;
 use crate::one::states::LcmState;
 use crate::one::xmlrpc::{MethodCall, Response, Value};
@@ -162,14 +162,14 @@ pub fn handle(sim: &Arc<Sim>, call: &MethodCall) -> Outcome {
         Ok(s) => s,
         Err(f) => return Outcome::Reply(f),
     };
-    if !sim.authenticate(session) {
+    let Some(caller) = sim.authenticate(session).cloned() else {
         return Outcome::Reply(failure(
             method,
             0x100,
             "User couldn't be authenticated, aborting call.",
             -1,
         ));
-    }
+    };
     if !method.starts_with("sim.") {
         for effect in sim.faults.check(method) {
             match effect {
@@ -181,33 +181,44 @@ pub fn handle(sim: &Arc<Sim>, call: &MethodCall) -> Outcome {
             }
         }
     }
-    let response = match dispatch(sim, method, &params) {
+    let response = match dispatch(sim, &caller, method, &params) {
         Ok(r) => r,
         Err(f) => f,
     };
     Outcome::Reply(response)
 }
 
-fn dispatch(sim: &Arc<Sim>, method: &str, p: &Params<'_>) -> Result<Response, Response> {
+fn dispatch(
+    sim: &Arc<Sim>,
+    caller: &Owner,
+    method: &str,
+    p: &Params<'_>,
+) -> Result<Response, Response> {
     let now = now_ms();
     let r = match method {
         "one.system.version" => Ok(Value::String(ONE_VERSION.into())),
         "one.vm.allocate" => {
             let text = p.string(1)?;
             let hold = p.opt_bool(2)?;
-            let r = sim.cloud().allocate_vm(text, hold, now).map(id_value);
+            let r = sim
+                .cloud()
+                .allocate_vm(caller, text, hold, now)
+                .map(id_value);
             sim.touch();
             r
         }
         "one.vm.info" => {
             let id = p.int(1)?;
             p.opt_bool(2)?;
-            sim.cloud().vm(id).map(|vm| Value::String(xml::vm_info(vm)))
+            sim.cloud()
+                .vm_info(caller, id)
+                .map(|vm| Value::String(xml::vm_info(vm)))
         }
         "one.vm.action" => {
-            let action = p.string(1)?;
+            // The handler reads the id (param 2) before the action (param 1).
             let id = p.int(2)?;
-            let r = sim.cloud().action(action, id, now).map(id_value);
+            let action = p.string(1)?;
+            let r = sim.cloud().action(caller, action, id, now).map(id_value);
             sim.touch();
             r
         }
@@ -215,13 +226,7 @@ fn dispatch(sim: &Arc<Sim>, method: &str, p: &Params<'_>) -> Result<Response, Re
             let id = p.int(1)?;
             let text = p.string(2)?;
             let kind = p.opt_int(3, 0)?;
-            let r = match kind {
-                0 | 1 => sim.cloud().update_vm(id, text, kind == 1).map(id_value),
-                _ => Err(OneError::new(
-                    super::model::ErrorCode::XmlRpcApi,
-                    "Wrong update type",
-                )),
-            };
+            let r = sim.cloud().update_vm(caller, id, text, kind).map(id_value);
             sim.touch();
             r
         }
@@ -231,7 +236,10 @@ fn dispatch(sim: &Arc<Sim>, method: &str, p: &Params<'_>) -> Result<Response, Re
             let enforce = p.opt_bool(3)?;
             p.opt_int(4, -1)?;
             p.opt_string(5)?;
-            let r = sim.cloud().deploy(id, host, enforce, now).map(id_value);
+            let r = sim
+                .cloud()
+                .deploy(caller, id, host, enforce, now)
+                .map(id_value);
             sim.touch();
             r
         }
@@ -244,7 +252,7 @@ fn dispatch(sim: &Arc<Sim>, method: &str, p: &Params<'_>) -> Result<Response, Re
             p.opt_int(6, 0)?;
             let r = sim
                 .cloud()
-                .migrate(id, host, live, enforce, now)
+                .migrate(caller, id, host, live, enforce, now)
                 .map(id_value);
             sim.touch();
             r
@@ -256,7 +264,7 @@ fn dispatch(sim: &Arc<Sim>, method: &str, p: &Params<'_>) -> Result<Response, Re
             let hotplug = sim.driver.hotplug_resize();
             let r = sim
                 .cloud()
-                .resize(id, text, enforce, hotplug, now)
+                .resize(caller, id, text, enforce, hotplug, now)
                 .map(id_value);
             sim.touch();
             r
@@ -264,7 +272,7 @@ fn dispatch(sim: &Arc<Sim>, method: &str, p: &Params<'_>) -> Result<Response, Re
         "one.vm.recover" => {
             let id = p.int(1)?;
             let op = p.int(2)?;
-            let r = sim.cloud().recover(id, op, now).map(id_value);
+            let r = sim.cloud().recover(caller, id, op, now).map(id_value);
             sim.touch();
             r
         }
@@ -283,14 +291,17 @@ fn dispatch(sim: &Arc<Sim>, method: &str, p: &Params<'_>) -> Result<Response, Re
                 ))
             } else {
                 let cloud = sim.cloud();
-                cloud.pool_ids(filter).map(|ids| {
+                cloud.pool_ids(caller, filter).map(|ids| {
                     Value::String(xml::vm_pool(&cloud, &ids, method.ends_with("infoextended")))
                 })
             }
         }
         "one.template.allocate" => {
             let text = p.string(1)?;
-            let r = sim.cloud().allocate_template(text, now).map(id_value);
+            let r = sim
+                .cloud()
+                .allocate_template(caller, text, now)
+                .map(id_value);
             sim.touch();
             r
         }
@@ -298,16 +309,9 @@ fn dispatch(sim: &Arc<Sim>, method: &str, p: &Params<'_>) -> Result<Response, Re
             let id = p.int(1)?;
             p.opt_bool(2)?;
             p.opt_bool(3)?;
-            let cloud = sim.cloud();
-            u32::try_from(id)
-                .ok()
-                .and_then(|i| cloud.templates.get(&i))
+            sim.cloud()
+                .template_info(caller, id)
                 .map(|t| Value::String(xml::vm_template(t)))
-                .ok_or(OneError {
-                    code: super::model::ErrorCode::NoExists,
-                    message: format!("Error getting virtual machine template [{id}]."),
-                    resp_id: int32(id),
-                })
         }
         "one.template.instantiate" => {
             let id = p.int(1)?;
@@ -317,7 +321,7 @@ fn dispatch(sim: &Arc<Sim>, method: &str, p: &Params<'_>) -> Result<Response, Re
             p.opt_bool(5)?;
             let r = sim
                 .cloud()
-                .instantiate(id, name, hold, extra, now)
+                .instantiate(caller, id, name, hold, extra, now)
                 .map(id_value);
             sim.touch();
             r
@@ -329,7 +333,7 @@ fn dispatch(sim: &Arc<Sim>, method: &str, p: &Params<'_>) -> Result<Response, Re
             let cluster = p.int(4)?;
             let r = sim
                 .cloud()
-                .allocate_host(name, im, vmm, int32(cluster))
+                .allocate_host(caller, name, im, vmm, int32(cluster))
                 .map(id_value);
             sim.touch();
             r
@@ -338,10 +342,14 @@ fn dispatch(sim: &Arc<Sim>, method: &str, p: &Params<'_>) -> Result<Response, Re
             let id = p.int(1)?;
             p.opt_bool(2)?;
             sim.cloud()
-                .host(id)
-                .map(|h| Value::String(xml::host_info(h)))
+                .host_info(caller, id)
+                .map(|h| Value::String(xml::host_info(h, now)))
         }
-        "one.hostpool.info" => Ok(Value::String(xml::host_pool(&sim.cloud()))),
+        "one.hostpool.info" => {
+            let cloud = sim.cloud();
+            let ids = cloud.host_ids(caller);
+            Ok(Value::String(xml::host_pool(&cloud, &ids)))
+        }
         _ => return sim_method(sim, method, p, now),
     };
     Ok(from_result(method, r))

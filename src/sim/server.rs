@@ -22,6 +22,10 @@ pub const MAX_BODY: usize = 64 * 1024 * 1024;
 const MAX_HEADER: usize = 64 * 1024;
 const MAX_CONNECTIONS: usize = 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a refused request's unread body is drained before the connection closes.
+const LINGER: Duration = Duration::from_secs(2);
+/// The Content-Type of every XML-RPC answer, as xmlrpc-c's Abyss server sends it.
+const XML: &str = "text/xml; charset=utf-8";
 
 /// A bound listener serving one simulator.
 pub struct Server {
@@ -176,8 +180,20 @@ fn write_http(
     content_type: &str,
     keep_alive: bool,
 ) -> io::Result<()> {
+    write_http_with(stream, status, body, content_type, keep_alive, "")
+}
+
+/// Writes one answer; `extra` is more header lines, each ending in CRLF.
+fn write_http_with(
+    stream: &mut TcpStream,
+    status: &str,
+    body: &[u8],
+    content_type: &str,
+    keep_alive: bool,
+    extra: &str,
+) -> io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\nServer: one-sim\r\nConnection: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        "HTTP/1.1 {status}\r\nServer: one-sim\r\nConnection: {}\r\n{extra}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         if keep_alive { "keep-alive" } else { "close" },
         body.len()
     );
@@ -206,12 +222,34 @@ fn serve_connection(stream: TcpStream, sim: &Arc<Sim>) {
         };
         match exchange(&head, &mut reader, &mut writer, sim) {
             Ok(true) if head.keep_alive => continue,
-            Ok(_) | Err(_) => {
+            Ok(_) => {
+                linger_close(&mut reader, &writer);
+                return;
+            }
+            Err(_) => {
                 let _ = writer.shutdown(Shutdown::Both);
                 return;
             }
         }
     }
+}
+
+/// Closes after an answer: stops writing, then reads and drops what the client still sends
+/// (a body we refused) for a moment, so that closing with unread data does not reset the
+/// connection before the client has read the answer.
+fn linger_close(reader: &mut BufReader<TcpStream>, writer: &TcpStream) {
+    let _ = writer.shutdown(Shutdown::Write);
+    let _ = writer.set_read_timeout(Some(Duration::from_millis(200)));
+    let deadline = std::time::Instant::now() + LINGER;
+    let mut sink = [0u8; 16 * 1024];
+    let mut drained = 0usize;
+    while std::time::Instant::now() < deadline && drained < MAX_BODY {
+        match reader.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+    let _ = writer.shutdown(Shutdown::Both);
 }
 
 /// Serves one request; `Ok(true)` when the connection may carry another one.
@@ -221,8 +259,24 @@ fn exchange(
     writer: &mut TcpStream,
     sim: &Arc<Sim>,
 ) -> io::Result<bool> {
-    if head.path != "/RPC2" {
+    // Abyss matches the path without the query string.
+    let path = head
+        .path
+        .split_once('?')
+        .map_or(head.path.as_str(), |(p, _)| p);
+    if path != "/RPC2" {
         write_http(writer, "404 Not Found", b"", "text/plain", false)?;
+        return Ok(false);
+    }
+    if head.method == "OPTIONS" {
+        write_http_with(
+            writer,
+            "200 OK",
+            b"",
+            "text/plain",
+            false,
+            "Allow: POST\r\n",
+        )?;
         return Ok(false);
     }
     if head.method != "POST" {
@@ -242,7 +296,7 @@ fn exchange(
             code: -509,
             message: format!("XML-RPC request too large ({len} bytes, limit {MAX_BODY})"),
         };
-        write_http(writer, "200 OK", &write_response(&resp), "text/xml", false)?;
+        write_http(writer, "200 OK", &write_response(&resp), XML, false)?;
         return Ok(false);
     }
     if head.expect_continue {
@@ -264,7 +318,7 @@ fn exchange(
         writer,
         "200 OK",
         &write_response(&response),
-        "text/xml",
+        XML,
         head.keep_alive,
     )?;
     Ok(true)

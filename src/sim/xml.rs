@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::model::{Cloud, History, Host, Vm, VmTemplate};
+use super::model::{Cloud, History, Host, Owner, Vm, VmTemplate};
 use crate::one::states::HostState;
 use crate::one::template::{Attribute, Template};
 
@@ -62,8 +62,11 @@ fn permissions(out: &mut String) {
     );
 }
 
-fn owner(out: &mut String) {
-    out.push_str("<UID>0</UID><GID>0</GID><UNAME>oneadmin</UNAME><GNAME>oneadmin</GNAME>");
+fn owner(out: &mut String, o: &Owner) {
+    el(out, "UID", o.uid);
+    el(out, "GID", o.gid);
+    el_text(out, "UNAME", &o.uname);
+    el_text(out, "GNAME", &o.gname);
 }
 
 fn history_full(out: &mut String, vm_id: u32, h: &History) {
@@ -98,7 +101,7 @@ fn history_full(out: &mut String, vm_id: u32, h: &History) {
 pub fn vm_full(out: &mut String, vm: &Vm, all_history: bool) {
     out.push_str("<VM>");
     el(out, "ID", vm.id);
-    owner(out);
+    owner(out, &vm.owner);
     el_text(out, "NAME", &vm.name);
     permissions(out);
     el(out, "LAST_POLL", 0);
@@ -160,7 +163,7 @@ const SHORT_NIC_KEYS: &[&str] = &[
 pub fn vm_short(out: &mut String, vm: &Vm) {
     out.push_str("<VM>");
     el(out, "ID", vm.id);
-    owner(out);
+    owner(out, &vm.owner);
     el_text(out, "NAME", &vm.name);
     el(out, "LAST_POLL", 0);
     el(out, "STATE", vm.state.number());
@@ -252,7 +255,7 @@ pub fn vm_template(t: &VmTemplate) -> String {
     let mut out = String::with_capacity(1024);
     out.push_str("<VMTEMPLATE>");
     el(&mut out, "ID", t.id);
-    owner(&mut out);
+    owner(&mut out, &t.owner);
     el_text(&mut out, "NAME", &t.name);
     permissions(&mut out);
     el(&mut out, "REGTIME", t.regtime);
@@ -352,7 +355,7 @@ fn dummy_pci_devices() -> Vec<Pci> {
             class_name: "Ethernet controller",
             device: "1016",
             device_name: "MT27710 Family [ConnectX-4 Lx Virtual Function]",
-            ifname: format!("vf{slot}{f:02}"),
+            ifname: format!("vf0{slot}{f}"),
             numa: 0,
             sriov: "vf",
             vendor: "15b3",
@@ -412,19 +415,25 @@ fn pci_xml(out: &mut String) {
     out.push_str("</PCI_DEVICES>");
 }
 
-/// NUMA layout as the dummy probe reports it: two nodes, half the cores and memory each.
+/// NUMA layout as oned's dummy probe reports it (`topology(2, 8, [2048, 1048576], 4, mem)`
+/// in `im_mad/remotes/dummy.d/monitord-client.rb`): 2 nodes of 8 cores with 4 threads each,
+/// CPU ids `core + k*16`, two huge page sizes, and half the host's memory per node.
 fn numa_xml(out: &mut String, h: &Host) {
-    let cores = (h.total_cpu / 100).max(2);
-    let per_node = cores / 2;
+    const NODES: u64 = 2;
+    const CORES: u64 = 8;
+    const THREADS: u64 = 4;
     out.push_str("<NUMA_NODES>");
-    for node in 0..2u64 {
+    for node in 0..NODES {
         out.push_str("<NODE>");
-        for c in node * per_node..(node + 1) * per_node {
+        for core in node * CORES..(node + 1) * CORES {
+            let cpus: Vec<String> = (0..THREADS)
+                .map(|k| format!("{}:-1", core + k * CORES * NODES))
+                .collect();
             out.push_str("<CORE>");
-            el_cdata(out, "CPUS", &format!("{c}:-1,{}:-1", c + cores));
+            el_cdata(out, "CPUS", &cpus.join(","));
             el_cdata(out, "DEDICATED", "NO");
-            el_cdata(out, "FREE", "2");
-            el_cdata(out, "ID", &c.to_string());
+            el_cdata(out, "FREE", &THREADS.to_string());
+            el_cdata(out, "ID", &core.to_string());
             out.push_str("</CORE>");
         }
         for size in ["2048", "1048576"] {
@@ -436,7 +445,7 @@ fn numa_xml(out: &mut String, h: &Host) {
         }
         out.push_str("<MEMORY>");
         el_cdata(out, "DISTANCE", if node == 0 { "0 1" } else { "1 0" });
-        el_cdata(out, "TOTAL", &(h.total_mem / 2).to_string());
+        el_cdata(out, "TOTAL", &(h.total_mem / NODES).to_string());
         el_cdata(out, "USAGE", "0");
         out.push_str("</MEMORY>");
         el_cdata(out, "NODE_ID", &node.to_string());
@@ -445,7 +454,57 @@ fn numa_xml(out: &mut String, h: &Host) {
     out.push_str("</NUMA_NODES>");
 }
 
-fn host_xml(out: &mut String, h: &Host) {
+/// The dummy probe's fixed CPU model list and flags (`monitord-client.rb`, `system`).
+const KVM_CPU_MODELS: &str = "486 pentium pentium2 pentium3 pentiumpro coreduo n270 core2duo \
+    qemu32 kvm32 cpu64-rhel5 cpu64-rhel6 kvm64 Conroe Penryn Nehalem Nehalem-IBRS Westmere \
+    Westmere-IBRS SandyBridge SandyBridge-IBRS IvyBridge IvyBridge-IBRS SapphireRapids \
+    SapphireRapids-noTSX Opteron_G1";
+const KVM_CPU_FEATURES: &str = "vme,ds,acpi,ss,ht,tm,pbe,dtes64,monitor,ds_cpl,vmx,smx,est,\
+    tm2,xtpr,pdcm,osxsave,f16c,rdrand,arat,tsc_adjust,clflushopt,clwb,intel-pt,sha-ni,umip,\
+    pku,ospke,waitpkg,gfni,vaes,vpclmulqdq,rdpid,movdiri,movdir64b,pks,fsrm,md-clear,\
+    serialize,arch-lbr,stibp,arch-capabilities,core-capability,ssbd,avx-vnni,xsaveopt,xsavec,\
+    xgetbv1,xsaves,pdpe1gb,abm,invtsc,rdctl-no,ibrs-all,skip-l1dfl-vmentry,mds-no,\
+    pschange-mc-no";
+
+/// The host's last monitoring record, as one.host.info shows it (one.hostpool.info sends
+/// `<MONITORING/>`): the dummy probe's layout, with values from the host's usage.
+fn monitoring_xml(out: &mut String, h: &Host, now_ms: u64) {
+    let used_cpu = h.cpu_usage.min(h.total_cpu);
+    let used_mem = h.mem_usage.min(h.total_mem);
+    out.push_str("<MONITORING>");
+    el(out, "TIMESTAMP", now_ms / 1000);
+    el(out, "ID", h.id);
+    out.push_str("<CAPACITY>");
+    el_cdata(out, "FREE_CPU", &(h.total_cpu - used_cpu).to_string());
+    el_cdata(out, "FREE_MEMORY", &(h.total_mem - used_mem).to_string());
+    el_cdata(out, "USED_CPU", &used_cpu.to_string());
+    el_cdata(out, "USED_MEMORY", &used_mem.to_string());
+    out.push_str("</CAPACITY><SYSTEM>");
+    el_cdata(out, "NETRX", "50104108822222");
+    el_cdata(out, "NETTX", "1241307203246698");
+    out.push_str("</SYSTEM>");
+    let node_mem = h.total_mem / 2;
+    let node_used = (used_mem / 2).min(node_mem);
+    for node in 0..2 {
+        out.push_str("<NUMA_NODE>");
+        for size in ["2048", "1048576"] {
+            out.push_str("<HUGEPAGE>");
+            el_cdata(out, "FREE", "1024");
+            el_cdata(out, "SIZE", size);
+            out.push_str("</HUGEPAGE>");
+        }
+        out.push_str("<MEMORY>");
+        el_cdata(out, "FREE", &(node_mem - node_used).to_string());
+        el_cdata(out, "USED", &node_used.to_string());
+        out.push_str("</MEMORY>");
+        el_cdata(out, "NODE_ID", &node.to_string());
+        out.push_str("</NUMA_NODE>");
+    }
+    out.push_str("</MONITORING>");
+}
+
+/// A HOST; `monitoring` is the time of the MONITORING record to include (host.info).
+fn host_xml(out: &mut String, h: &Host, monitoring: Option<u64>) {
     let monitored = h.state != HostState::Init;
     out.push_str("<HOST>");
     el(out, "ID", h.id);
@@ -474,7 +533,7 @@ fn host_xml(out: &mut String, h: &Host) {
     el_cdata(out, "DISK_USAGE", "0");
     el_cdata(out, "FREE_DISK", "20480");
     el_cdata(out, "MAX_DISK", "20480");
-    el_cdata(out, "USED_DISK", "0");
+    el_cdata(out, "USED_DISK", if monitored { "9720" } else { "0" });
     out.push_str("</DATASTORES>");
     if monitored {
         pci_xml(out);
@@ -494,28 +553,15 @@ fn host_xml(out: &mut String, h: &Host) {
     }
     out.push_str("<TEMPLATE>");
     if monitored {
-        let cores = h.total_cpu / 100;
         el_cdata(out, "ARCH", "x86_64");
         el_cdata(out, "CPUSPEED", "3200");
         el_cdata(out, "HOSTNAME", &h.name);
         el_cdata(out, "HYPERVISOR", &h.vm_mad);
         el_cdata(out, "IM_MAD", &h.im_mad);
-        el_cdata(
-            out,
-            "KVM_CPU_FEATURES",
-            "vme,ds,acpi,ss,ht,tm,pbe,vmx,est,tm2,xtpr",
-        );
-        el_cdata(
-            out,
-            "KVM_CPU_MODELS",
-            "qemu64 kvm64 Nehalem Westmere SandyBridge",
-        );
+        el_cdata(out, "KVM_CPU_FEATURES", KVM_CPU_FEATURES);
+        el_cdata(out, "KVM_CPU_MODELS", KVM_CPU_MODELS);
         el_cdata(out, "MEMORY_ENCRYPTION", "SEV");
-        el_cdata(
-            out,
-            "MODELNAME",
-            &format!("Simulated(R) Core x{cores} @ 3.2GHz"),
-        );
+        el_cdata(out, "MODELNAME", "Dummy(R) Core @ 3.2GHz");
         el_cdata(out, "RESERVED_CPU", "");
         el_cdata(out, "RESERVED_MEM", "");
         el_cdata(out, "TOTALCPU", &h.total_cpu.to_string());
@@ -525,22 +571,27 @@ fn host_xml(out: &mut String, h: &Host) {
         el_cdata(out, "IM_MAD", &h.im_mad);
         el_cdata(out, "VM_MAD", &h.vm_mad);
     }
-    out.push_str("</TEMPLATE><MONITORING/></HOST>");
+    out.push_str("</TEMPLATE>");
+    match monitoring {
+        Some(now_ms) if monitored => monitoring_xml(out, h, now_ms),
+        _ => out.push_str("<MONITORING/>"),
+    }
+    out.push_str("</HOST>");
 }
 
-/// One HOST for one.host.info.
-pub fn host_info(h: &Host) -> String {
-    let mut out = String::with_capacity(12_000);
-    host_xml(&mut out, h);
+/// One HOST for one.host.info, with its monitoring record as of `now_ms`.
+pub fn host_info(h: &Host, now_ms: u64) -> String {
+    let mut out = String::with_capacity(14_000);
+    host_xml(&mut out, h, Some(now_ms));
     out
 }
 
-/// `<HOST_POOL>` of every host.
-pub fn host_pool(cloud: &Cloud) -> String {
-    let mut out = String::with_capacity(12_000 * cloud.hosts.len() + 32);
+/// `<HOST_POOL>` of the given hosts, in that order (oned's: descending id).
+pub fn host_pool(cloud: &Cloud, ids: &[u32]) -> String {
+    let mut out = String::with_capacity(12_000 * ids.len() + 32);
     out.push_str("<HOST_POOL>");
-    for h in cloud.hosts.values() {
-        host_xml(&mut out, h);
+    for h in ids.iter().filter_map(|id| cloud.hosts.get(id)) {
+        host_xml(&mut out, h, None);
     }
     out.push_str("</HOST_POOL>");
     out

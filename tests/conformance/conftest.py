@@ -159,8 +159,11 @@ class Sim:
 
 
 def sim_args(*, hosts: str | None = None, boot_delay: str = "200ms", driver: str = "dummy",
-             extra: tuple[str, ...] = ()) -> list[str]:
-    args = ["--driver", driver, "--boot-delay", boot_delay]
+             dummy_guest: bool = False, extra: tuple[str, ...] = ()) -> list[str]:
+    # Everything here is compared with oned, whose dummy driver has no guest: nothing reports
+    # READY unless a test sets it (one-sim's default, --dummy-guest true, simulates a guest).
+    args = ["--driver", driver, "--boot-delay", boot_delay,
+            "--dummy-guest", "true" if dummy_guest else "false"]
     if hosts:
         args += ["--hosts", hosts]
     return args + list(extra)

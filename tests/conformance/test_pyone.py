@@ -13,9 +13,9 @@ import time
 import pytest
 import pyone
 
-from conftest import (ACTIVE, BOOT, DONE, HOLD, LCM_INIT, PENDING, POWEROFF, PROLOG, RUNNING,
-                      STOPPED, SUSPENDED, UNDEPLOYED, VERSION, hold_for, state_str, vm_template,
-                      wait_running, wait_vm)
+from conftest import (ACTIVE, ALICE_SESSION, BOOT, BOOT_FAILURE, DONE, HOLD, LCM_INIT, PENDING,
+                      POWEROFF, PROLOG, RUNNING, SESSION, STOPPED, SUSPENDED, UNDEPLOYED, VERSION,
+                      call, call_ok, hold_for, state_str, vm_template, wait_running, wait_vm)
 
 SIM_KWARGS = dict(hosts="4x8cpu:32G")
 
@@ -370,14 +370,25 @@ def test_allocate_bad_capacity_or_name_is_internal_error(one, text, expected):
 
 @pytest.mark.parametrize("text", [
     'MEMORY="512"\nCPU = [ "unclosed',
-    'MEMORY = 128 # a comment after a value\nCPU = 1\n',
     'MEMORY = 128\nCPU = 1\nX = [ A = ]\n',
     'MEMORY = 128\nCPU = 1\nX = "a]]>b"\n',
+    'MEMORY = 128\nCPU = 1\n# a final comment with no newline',
+    'MEMORY = 128\nCPU = 1 # a comment after the last value, no newline',
 ])
 def test_allocate_parse_error_is_internal_error(one, text):
     with pytest.raises(pyone.OneInternalException) as ei:
         one.vm.allocate(text, False)
     assert str(ei.value).startswith("[one.vm.allocate] Parse error")
+
+
+def test_comment_after_a_value_is_accepted_when_a_newline_follows(one):
+    # API.md §9 calls `X = 1 # c` a syntax error. The template module (src/one/template.rs)
+    # was checked against oned's real lexer and parser (template_parser.l/template_syntax.y,
+    # built as an oracle): a comment after a value is skipped when a newline follows it;
+    # only a comment that ends the input without a newline fails (see the test above).
+    vid = one.vm.allocate('MEMORY = 128 # a comment after a value\nCPU = 1\n', True)
+    t = tmpl(one.vm.info(vid))
+    assert (t.get("MEMORY"), t.get("CPU")) == ("128", "1")
 
 
 def test_allocate_parse_error_message_matches_oned(one):
@@ -524,6 +535,59 @@ def test_vmpool_filters_respect_ownership(sim_factory):
     assert [v.ID for v in alice.vmpool.info(-3, -1, -1, -1).VM] == [b_vm]
     assert [v.ID for v in admin.vmpool.info(info.UID, -1, -1, -1).VM] == [b_vm]
     assert [v.ID for v in admin.vmpool.info(0, -1, -1, -1).VM] == [a_vm]
+
+
+def test_owner_fields_and_authorization_of_other_users_objects(sim_factory):
+    """Users come from the auth file: oneadmin is 0/0 "oneadmin", every other user gets the
+    next uid in group 1 "users". Objects keep oned's default permissions (OWNER_U and
+    OWNER_M only), so a user outside the oneadmin group may use and manage only its own
+    objects and nothing grants it ADMIN; refusals read `User [uid] : Not authorized to
+    perform OP TYPE [id].` with RESP_ID -1 (AuthRequest::add_auth, Request::failure_message)."""
+    s = sim_factory(hosts="1x2cpu:4G")
+    admin = pyone.OneServer(s.url, session=SESSION, timeout=30)
+    alice = pyone.OneServer(s.url, session=ALICE_SESSION, timeout=30)
+    a_vm = new_vm(admin, "admins", hold=True)
+    b_vm = new_vm(alice, "alices", hold=True)
+    a, b = admin.vm.info(a_vm), alice.vm.info(b_vm)
+    assert (a.UID, a.GID, a.UNAME, a.GNAME) == (0, 0, "oneadmin", "oneadmin")
+    assert (b.UID, b.GID, b.UNAME, b.GNAME) == (1, 1, "alice", "users")
+    short = {v.ID: v for v in admin.vmpool.info(-2, -1, -1, -1).VM}
+    assert (short[b_vm].UID, short[b_vm].UNAME) == (1, "alice")
+    assert [v.ID for v in alice.vmpool.info(-2, -1, -1, -1).VM] == [b_vm]
+    assert [v.ID for v in admin.vmpool.info(-4, -1, -1, -1).VM] == [a_vm], \
+        "GROUP is the caller's primary group"
+
+    def refused(fn, method, op, obj):
+        with pytest.raises(pyone.OneAuthorizationException) as ei:
+            fn()
+        assert str(ei.value) == f"[{method}] User [1] : Not authorized to perform {op} {obj}."
+
+    refused(lambda: alice.vm.info(a_vm), "one.vm.info", "USE", f"VM [{a_vm}]")
+    refused(lambda: alice.vm.action("terminate", a_vm), "one.vm.action", "MANAGE",
+            f"VM [{a_vm}]")
+    refused(lambda: alice.vm.update(a_vm, 'A="1"', 1), "one.vm.update", "MANAGE", f"VM [{a_vm}]")
+    refused(lambda: alice.vm.resize(a_vm, 'CPU="1"', False), "one.vm.resize", "MANAGE",
+            f"VM [{a_vm}]")
+    refused(lambda: alice.vm.recover(b_vm, 3), "one.vm.recover", "ADMIN", f"VM [{b_vm}]")
+    refused(lambda: alice.vm.deploy(b_vm, 0), "one.vm.deploy", "ADMIN",
+            f"VM [{b_vm}]; Not authorized to perform MANAGE HOST [0]")
+    refused(lambda: alice.host.info(0), "one.host.info", "USE", "HOST [0]")
+    r = call(s.url, "one.vm.info", ALICE_SESSION, a_vm)
+    assert r == [False, f"[one.vm.info] User [1] : Not authorized to perform USE VM [{a_vm}].",
+                 0x200, -1, -1]
+    # own objects: USE and MANAGE
+    assert alice.vm.update(b_vm, 'A="1"', 1) == b_vm
+    assert alice.vm.action("release", b_vm) == b_vm
+    assert admin.vm.info(b_vm).ID == b_vm, "oneadmin sees everything"
+    assert list(alice.hostpool.info().HOST) == [], "hosts belong to oneadmin"
+    # templates are owned too, and their names are unique per owner
+    t_admin = admin.template.allocate('NAME="shared-name"\nCPU="0.1"\nMEMORY="16"')
+    t_alice = alice.template.allocate('NAME="shared-name"\nCPU="0.1"\nMEMORY="16"')
+    assert alice.template.info(t_alice).UNAME == "alice"
+    refused(lambda: alice.template.info(t_admin), "one.template.info", "USE",
+            f"TEMPLATE [{t_admin}]")
+    v = alice.template.instantiate(t_alice, "", True, "", False)
+    assert alice.vm.info(v).UNAME == "alice"
 
 
 # --------------------------------------------------------------------------------------------
@@ -982,6 +1046,63 @@ def test_template_instantiate_named_and_on_hold(one):
     assert (vm.STATE, vm.LCM_STATE) == (HOLD, 0)
     # the template is unchanged by instantiate
     assert one.template.info(tid).NAME == "job-hold"
+
+
+# --------------------------------------------------------------------------------------------
+# vm.recover (VirtualMachineAPI::recover, DispatchManager::delete_vm / retry)
+# --------------------------------------------------------------------------------------------
+
+def test_recover_delete_ends_a_vm_stuck_in_boot(sim_factory):
+    s = sim_factory(hosts="1x2cpu:4G", boot_delay="30s")
+    one = pyone.OneServer(s.url, session=SESSION, timeout=30)
+    vid = new_vm(one, "rec-boot")
+    wait_vm(one, vid, ACTIVE, BOOT)
+    assert one.vm.recover(vid, 3) == vid
+    vm, seen = track(one, vid, DONE)
+    assert_path(seen, [(ACTIVE, BOOT), (ACTIVE, 23), (DONE, 0)])
+    assert vm.ETIME > 0
+    h = one.host.info(0)
+    assert (h.HOST_SHARE.CPU_USAGE, h.HOST_SHARE.MEM_USAGE) == (0, 0), "capacity given back"
+    assert one.vm.recover(vid, 3) == vid, "delete of a DONE VM is accepted and does nothing"
+    with pytest.raises(pyone.OneActionException) as ei:
+        one.vm.recover(vid, 2)
+    assert str(ei.value) == f"[one.vm.recover] Could not perform a retry on VM {vid}, " \
+                            f"wrong state DONE."
+
+
+def test_recover_delete_of_held_vm_is_immediate(one):
+    vid = new_vm(one, "rec-held", hold=True)
+    assert one.vm.recover(vid, 3) == vid
+    vm = one.vm.info(vid)
+    assert (vm.STATE, vm.LCM_STATE) == (DONE, 0)
+
+
+def test_recover_retry_boots_a_vm_in_boot_failure(sim, one):
+    vid = running_vm(one, "rec-retry")
+    call_ok(sim.url, "sim.vm.fail", SESSION, vid, "BOOT_FAILURE")
+    vm = one.vm.info(vid)
+    assert (vm.STATE, vm.LCM_STATE) == (ACTIVE, BOOT_FAILURE) and ut(vm).get("ERROR")
+    assert one.vm.recover(vid, 2) == vid
+    vm, seen = track(one, vid, ACTIVE, RUNNING)
+    assert_path(seen, [(ACTIVE, BOOT_FAILURE), (ACTIVE, BOOT), (ACTIVE, RUNNING)])
+
+
+def test_recover_on_a_held_vm_is_refused(one):
+    vid = new_vm(one, "rec-wrong", hold=True)
+    with pytest.raises(pyone.OneActionException) as ei:
+        one.vm.recover(vid, 1)
+    assert str(ei.value) == (f"[one.vm.recover] Could not perform a recover operation on VM "
+                             f"{vid}, wrong state HOLD.")
+
+
+@pytest.mark.parametrize("op", [-1, 6, 100])
+def test_recover_bad_operation_is_an_action_error(one, op):
+    # checked before the VM is looked up: also for an id that does not exist
+    vid = new_vm(one, "rec-badop", hold=True)
+    for target in (vid, 987654):
+        with pytest.raises(pyone.OneActionException) as ei:
+            one.vm.recover(target, op)
+        assert str(ei.value) == "[one.vm.recover] Wrong recovery operation code"
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,224 @@
+# Helpers of the end-to-end suite (scripts/e2e). Sourced by every tests/e2e/test_*.sh and by
+# the runner. Needs the local cluster of scripts/cluster to be up; runs as root.
+#
+# A case is a file that sources this, calls `case_begin`, submits jobs with `submit`, asserts
+# with deadlines (`wait_until`), and calls `fail "why"` (exit 1) or simply ends (exit 0).
+# Its jobs are cancelled when it exits. The runner calls `assert_clean` after each case.
+
+E2E_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+eval "$("$E2E_ROOT/scripts/cluster" env)"
+E2E_DEV=${SLURM_ONE_DEV:-/run/slurm-one-dev}
+E2E_LOG=$E2E_DEV/log/slurm-one.log
+E2E_CTLD_LOG=$E2E_DEV/log/slurmctld.log
+# Scratch space shared with the VMs (their mount namespaces see the host's /tmp).
+E2E_TMP=${E2E_TMP:-$(mktemp -d /tmp/slurm-one-e2e.XXXXXX)}
+chmod 755 "$E2E_TMP"
+E2E_JOBS=$E2E_TMP/jobs.$$
+: >"$E2E_JOBS"
+
+# --- reporting ------------------------------------------------------------------------
+
+E2E_CASE=${E2E_CASE:-$(basename "$0" .sh)}
+
+log() { echo "[$(date +%T)] $E2E_CASE: $*" >&2; }
+
+# fail WHY: the case failed; WHY goes to $E2E_REASON (read by the runner) and stderr.
+fail() {
+    log "FAIL: $*"
+    [ -n "${E2E_REASON:-}" ] && printf '%s\n' "$*" >"$E2E_REASON"
+    exit 1
+}
+
+# Cancels the jobs this process submitted (EXIT trap of every case).
+cancel_my_jobs() {
+    local j
+    [ -s "$E2E_JOBS" ] || return 0
+    for j in $(cat "$E2E_JOBS"); do scancel "$j" 2>/dev/null || true; done
+}
+
+case_begin() {
+    trap 'exit 143' TERM INT
+    trap 'cancel_my_jobs' EXIT
+    log "begin"
+}
+
+# --- waiting --------------------------------------------------------------------------
+
+# wait_until SECS CMD...: runs CMD every 0.5 s until it succeeds (0) or SECS pass (1).
+wait_until() {
+    local secs=$1
+    shift
+    local end=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        [ $SECONDS -lt $end ] || return 1
+        sleep 0.5
+    done
+}
+
+# --- SLURM ----------------------------------------------------------------------------
+
+# submit SBATCH_ARGS...: submits, remembers the job for cancel_my_jobs, prints its id.
+submit() {
+    local id
+    id=$(sbatch --parsable "$@") || return 1
+    id=${id%%;*}
+    echo "$id" >>"$E2E_JOBS"
+    echo "$id"
+}
+
+# job_field JOB FIELD: one field of `scontrol show job` (empty once the record is gone).
+# AdminComment/Comment/Reason keep their spaces (they end at the next ` Key=`).
+job_field() {
+    scontrol show job "$1" 2>/dev/null | python3 -c '
+import re, sys
+text, field = sys.stdin.read(), sys.argv[1]
+m = re.search(r"(?:^|\s)" + re.escape(field) + r"=(.*?)(?=\s+[A-Za-z:/]+=|\n|$)", text)
+print(m.group(1) if m else "")' "$2"
+}
+
+job_state() { job_field "$1" JobState; }
+
+# job_in_state JOB STATE...: true when the job is in one of the states.
+job_in_state() {
+    local s j=$1
+    shift
+    s=$(job_state "$j")
+    for want in "$@"; do [ "$s" = "$want" ] && return 0; done
+    return 1
+}
+
+job_nodes() { job_field "$1" NodeList; }
+
+E2E_ENDED="COMPLETED FAILED CANCELLED TIMEOUT NODE_FAIL OUT_OF_MEMORY BOOT_FAIL DEADLINE PREEMPTED"
+
+# job_summary JOB: state, reason, restarts, admin comment, and the hooks' last word on it.
+job_summary() {
+    local last
+    last=$(grep -E "job $1[^0-9]" "$E2E_LOG" 2>/dev/null | tail -1)
+    echo "state=$(job_state "$1") reason=$(job_field "$1" Reason) restarts=$(job_field "$1" Restarts)" \
+        "admin_comment='$(job_field "$1" AdminComment)' last hook log: ${last:-none}"
+}
+
+# wait_running JOB SECS: waits until JOB is RUNNING, else fails the case.
+wait_running() {
+    local t0=$SECONDS
+    wait_until "$2" job_in_state "$1" RUNNING ||
+        fail "job $1 not RUNNING after $2s: $(job_summary "$1")"
+    log "job $1 RUNNING after $((SECONDS - t0))s on $(job_nodes "$1")"
+}
+
+# wait_ended JOB SECS: waits until JOB reached a final state (prints it), else fails.
+wait_ended() {
+    local t0=$SECONDS
+    # shellcheck disable=SC2086
+    wait_until "$2" job_in_state "$1" $E2E_ENDED ||
+        fail "job $1 not finished after $2s: $(job_summary "$1")"
+    log "job $1 $(job_state "$1") after $((SECONDS - t0))s"
+    job_state "$1"
+}
+
+# node_states: "vm1 idle~" lines (compact state with SLURM's suffixes).
+node_states() { sinfo -h -N -o "%N %t"; }
+
+# expand HOSTLIST: one name a line.
+expand() { scontrol show hostnames "$1"; }
+
+# --- OpenNebula (one-sim) through XML-RPC ---------------------------------------------
+
+# one_py CMD ARGS...: talks to the endpoint and session of $SLURM_ONE_CONFIG.
+#   vms [JOB]                      VMs tagged SLURM_CLUSTER=dev (all states), one a line:
+#                                  id state lcm job node memory vcpu cpu ip
+#   fault_add METHOD NTH CODE MSG  sim.fault.add
+#   fault_clear                    sim.fault.clear
+one_py() {
+    python3 - "$SLURM_ONE_CONFIG" "$@" <<'EOF'
+import sys, tomllib, xmlrpc.client
+import xml.etree.ElementTree as ET
+cfg = tomllib.load(open(sys.argv[1], "rb"))
+session = open(cfg["opennebula"]["auth_file"]).read().strip()
+one = xmlrpc.client.ServerProxy(cfg["opennebula"]["endpoint"])
+cluster = cfg["cluster"]["name"]
+cmd, args = sys.argv[2], sys.argv[3:]
+def check(r):
+    if not r[0]:
+        sys.exit(f"{cmd}: OpenNebula error {r[2] if len(r) > 2 else '?'}: {r[1]}")
+    return r[1]
+if cmd == "vms":
+    pool = ET.fromstring(check(one.one.vmpool.infoextended(session, -2, -1, -1, -2)))
+    for vm in pool.findall("VM"):
+        ut = lambda k: (vm.findtext(f"USER_TEMPLATE/{k}") or "-").strip()
+        t = lambda k: (vm.findtext(f"TEMPLATE/{k}") or "-").strip()
+        if ut("SLURM_CLUSTER") != cluster:
+            continue
+        if args and ut("SLURM_JOB_ID") != args[0]:
+            continue
+        print(vm.findtext("ID"), vm.findtext("STATE"), vm.findtext("LCM_STATE"),
+              ut("SLURM_JOB_ID"), ut("SLURM_NODE"), t("MEMORY"), t("VCPU"), t("CPU"),
+              t("NIC/IP"))
+elif cmd == "fault_add":
+    check(one.sim.fault.add(session, args[0], int(args[1]), int(args[2]), args[3]))
+elif cmd == "fault_clear":
+    check(one.sim.fault.clear(session))
+else:
+    sys.exit(f"one_py: unknown command {cmd}")
+EOF
+}
+
+# vms_of JOB: the job's VMs (all states), as one_py vms prints them.
+vms_of() { one_py vms "$1"; }
+
+# live_vms [JOB]: VMs of the cluster (or job) not DONE (STATE 6).
+live_vms() { one_py vms "$@" | awk '$2 != 6'; }
+
+# all_vms_done JOB: the job had VMs and all are DONE.
+all_vms_done() {
+    local v
+    v=$(vms_of "$1") || return 1
+    [ -n "$v" ] && [ -z "$(awk '$2 != 6' <<<"$v")" ]
+}
+
+# table_rows [JOB]: rows of `slurm-one status` (header dropped).
+table_rows() {
+    if [ $# -gt 0 ]; then slurm-one status --job "$1"; else slurm-one status; fi | tail -n +2 | sed '/^\s*$/d'
+}
+
+# --- invariant -----------------------------------------------------------------------
+
+# assert_clean [SECS]: within SECS (default 60): no VM tagged with this cluster outside DONE
+# in one-sim, no row in `slurm-one status`, every node `idle~`. Prints why not and returns 1.
+assert_clean() {
+    local secs=${1:-60} end vms rows bad
+    end=$((SECONDS + secs))
+    while :; do
+        vms=$(live_vms 2>&1) || vms="cannot list VMs: $vms"
+        rows=$(table_rows 2>/dev/null) || rows="slurm-one status failed: $(slurm-one status 2>&1 | tail -1)"
+        bad=$(node_states 2>&1 | awk '$2 != "idle~"') || true
+        [ -z "$vms$rows$bad" ] && return 0
+        [ $SECONDS -lt $end ] || break
+        sleep 1
+    done
+    local why=()
+    [ -n "$vms" ] && why+=("VMs not DONE: $(tr '\n' ';' <<<"$vms")")
+    [ -n "$rows" ] && why+=("table rows: $(tr -s ' \n' ' ;' <<<"$rows")")
+    [ -n "$bad" ] && why+=("nodes not idle~: $(tr '\n' ';' <<<"$bad")")
+    echo "not clean after ${secs}s: ${why[*]}"
+    return 1
+}
+
+# --- VMs seen from the host -----------------------------------------------------------
+
+# vm_netns VMID IP: the netns of one-sim's VM VMID (name ends in -VMID, holds IP).
+vm_netns() {
+    local ns
+    for ns in $(ip netns list | awk '{print $1}' | grep -E -- "-$1\$"); do
+        if ip -n "$ns" -4 addr show 2>/dev/null | grep -qw "inet $2"; then
+            echo "$ns"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# log_since FILE LINE: lines of FILE after line number LINE.
+log_lines() { wc -l <"$1" 2>/dev/null || echo 0; }
+log_since() { tail -n +"$(($2 + 1))" "$1" 2>/dev/null; }

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The VM of a running 1-node job dies (every process killed, netns removed from outside):
+# SLURM must fail or requeue the job, and nothing may stay behind. Bounded at 120 s.
+set -uo pipefail
+source "$(dirname "$0")/lib.sh"
+case_begin
+
+job=$(submit -N1 -o /dev/null --wrap "sleep 300") || fail "sbatch failed"
+wait_running "$job" 90
+node=$(job_nodes "$job")
+vms=$(vms_of "$job")
+[ "$(wc -l <<<"$vms")" -eq 1 ] && [ -n "$vms" ] || fail "job $job has not exactly 1 VM: '$vms'"
+read -r id _ _ _ _ _ _ _ ip <<<"$vms"
+ns=$(vm_netns "$id" "$ip") || fail "no netns ending in -$id with $ip: $(ip netns list | tr '\n' ' ')"
+pids=$(ip netns pids "$ns" | tr '\n' ' ')
+[ -n "$pids" ] || fail "netns $ns of VM $id has no processes"
+log "killing VM $id ($ns, $ip): pids $pids"
+t0=$SECONDS
+# shellcheck disable=SC2086
+kill -9 $pids 2>/dev/null
+ip netns del "$ns" || fail "ip netns del $ns failed"
+
+noticed=""
+end=$((t0 + 120))
+while [ $SECONDS -lt $end ]; do
+    s=$(job_state "$job")
+    if [ "$s" != RUNNING ]; then noticed=$s; break; fi
+    sleep 1
+done
+vm_state=$(vms_of "$job" | awk '{print "STATE " $2 " LCM " $3}')
+if [ -z "$noticed" ]; then
+    fail "SLURM did not notice VM $id ($node) died within $((SECONDS - t0))s: job still RUNNING," \
+        "node $node is '$(sinfo -h -n "$node" -o %T)', VM $vm_state in one-sim (slurmd loss is" \
+        "only detected via SlurmdTimeout, default 300s; nothing in slurm-one watches VMs)"
+fi
+log "job $job left RUNNING $((SECONDS - t0))s after the kill: $(job_summary "$job")"
+case $noticed in
+PENDING | REQUEUED | REQUEUE_FED | REQUEUE_HOLD)
+    [ "$(job_field "$job" Restarts)" -ge 1 ] || fail "job $job $noticed but Restarts=0" ;;
+FAILED | NODE_FAIL | BOOT_FAIL) ;;
+*) fail "job $job went $noticed after its VM died: $(job_summary "$job")" ;;
+esac
+scancel "$job" 2>/dev/null
+wait_until 60 test -z "$(live_vms "$job")" || fail "VMs of job $job still not DONE: $(vms_of "$job")"
+wait_until 30 test -z "$(table_rows "$job")" || fail "rows of job $job left: $(table_rows "$job")"

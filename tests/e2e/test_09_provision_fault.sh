@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# one.vm.allocate refused once (Quota exceeded): the job is requeued, its AdminComment says
+# why, no VM stays, sinfo -R shows the reason until the node comes back.
+set -uo pipefail
+source "$(dirname "$0")/lib.sh"
+case_begin
+trap 'one_py fault_clear; cancel_my_jobs' EXIT
+
+one_py fault_add one.vm.allocate 1 512 "User [0] : Quota exceeded" || fail "sim.fault.add failed"
+job=$(submit -N1 -o /dev/null --wrap "sleep 30") || fail "sbatch failed"
+t0=$SECONDS
+requeued="" seen_reason="" reasons="" node_reasons="" back=""
+# Until requeued and (the reason was seen or the nodes are back: then it can no longer show).
+while [ $SECONDS -lt $((t0 + 90)) ]; do
+    r=$(sinfo -h -R -o '%N|%E' | grep 'slurm-one:')
+    if [ -n "$r" ] && ! grep -qxF "$r" <<<"$reasons"; then
+        reasons+="$r"$'\n'
+        log "sinfo -R: $r"
+    fi
+    [ -z "$seen_reason" ] && seen_reason=$(grep 'Quota exceeded' <<<"$r" | head -1)
+    # What the nodes' Reason says whatever their state (for the report).
+    n=$(sinfo -h -N -o '%N|%T|%E' | cut -d'|' -f3 | grep -E "Quota exceeded|job $job[^0-9]" | sort -u)
+    while read -r l; do
+        [ -n "$l" ] && ! grep -qxF "$l" <<<"$node_reasons" && node_reasons+="$l"$'\n' && log "node reason: $l"
+    done <<<"$n"
+    s=$(job_state "$job") restarts=$(job_field "$job" Restarts) reason=$(job_field "$job" Reason)
+    if [ "$s" = PENDING ] && { [ "${restarts:-0}" -ge 1 ] || [ "$reason" = BeginTime ]; }; then
+        [ -z "$requeued" ] && log "requeued after $((SECONDS - t0))s: $(job_summary "$job")"
+        requeued=yes
+        [ -n "$seen_reason" ] && break
+        [ -z "$(node_states | awk '$2 != "idle~"')" ] && back=yes && break
+    fi
+    case $s in RUNNING | COMPLETED | FAILED | CANCELLED) fail "job $job went $s instead of being requeued: $(job_summary "$job")" ;; esac
+    sleep 0.2
+done
+[ -n "$requeued" ] || fail "job $job not requeued within 90s: $(job_summary "$job")"
+comment=$(job_field "$job" AdminComment)
+[[ $comment == slurm-one:* ]] || fail "AdminComment does not start with 'slurm-one:': '$comment'"
+[[ $comment == *"Quota exceeded"* ]] || fail "AdminComment lacks 'Quota exceeded': '$comment'"
+[ -n "$seen_reason" ] || fail "sinfo -R never showed the provisioning error (Quota exceeded) before the node came back; it showed only: $(sed '/^$/d' <<<"${reasons:-nothing}" | tr '\n' ';') (node Reason texts seen, any state: $(sed '/^$/d' <<<"${node_reasons:-none}" | tr '\n' ';'))"
+v=$(live_vms "$job")
+[ -z "$v" ] || fail "job $job has VMs outside DONE: $v"
+[ -z "$(table_rows "$job")" ] || fail "rows of job $job left: $(table_rows "$job")"
+one_py fault_clear || fail "sim.fault.clear failed"
+scancel "$job"
