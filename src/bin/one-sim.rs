@@ -123,7 +123,20 @@ fn install_signal_handlers() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // One line: clap's first, then where to look.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "one-sim: {} (see one-sim --help)",
+                first.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
     if let Some(Command::VmInit { vm_dir }) = &cli.command {
         return ExitCode::from(u8::try_from(ns::vm_init_main(vm_dir)).unwrap_or(1));
     }
@@ -148,6 +161,8 @@ fn run(cli: Cli) -> Result<(), config::SimError> {
         _ => (cli.state_dir.clone(), false),
     };
     let state_file = match &state_dir {
+        // `cleanup` must not create what it was asked to clean.
+        Some(dir) if cleanup_only => Some(dir.join("one-sim.json")),
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| SimError::StateDir(dir.clone(), e))?;
             Some(dir.join("one-sim.json"))
@@ -201,6 +216,7 @@ fn run(cli: Cli) -> Result<(), config::SimError> {
 
     // Bind before starting anything so a busy port fails fast and cleanly.
     let server_addr = if cleanup_only { None } else { Some(cli.listen) };
+    let mut ns_run_dir = None;
     let driver: Box<dyn slurm_one::sim::driver::Driver> = match driver_kind {
         DriverKind::Dummy if cli.dummy_guest => Box::new(DummyDriver),
         DriverKind::Dummy => Box::new(BareDummyDriver),
@@ -210,6 +226,9 @@ fn run(cli: Cli) -> Result<(), config::SimError> {
                 Some(d) => d.join("ns"),
                 None => PathBuf::from(format!("/run/one-sim/{tag}")),
             };
+            if state_dir.is_none() {
+                ns_run_dir = Some(run_dir.clone());
+            }
             let exe = std::env::current_exe().map_err(SimError::SelfExe)?;
             let ns = NsDriver::new(ns::NsConfig {
                 bridge: bridge.clone(),
@@ -272,6 +291,10 @@ fn run(cli: Cli) -> Result<(), config::SimError> {
         log::info!("stopping; removing every VM (no --state-dir)");
         sim.destroy_all_vms();
         sim.driver.shutdown(true).map_err(SimError::Driver)?;
+        if let Some(dir) = ns_run_dir {
+            // Only empty by now; a leftover file keeps it for inspection.
+            let _ = std::fs::remove_dir(dir);
+        }
     }
     Ok(())
 }

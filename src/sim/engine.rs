@@ -202,6 +202,7 @@ impl Sim {
             for id in ready {
                 cloud.report_ready(id);
             }
+            let mut powered_off = Vec::new();
             for id in gone {
                 // A guest that vanished is a guest that powered off: oned's monitoring moves
                 // it to POWEROFF, not DONE; it keeps its host until terminated.
@@ -212,11 +213,18 @@ impl Sim {
                         vm.prev_lcm = vm.lcm;
                         vm.state = VmState::Poweroff;
                         vm.lcm = LcmState::LCM_INIT;
+                        powered_off.push(BootSpec::from_vm(vm));
                     }
                 }
             }
             drop(cloud);
             self.touch();
+            // A powered-off guest runs nothing: end whatever its init left behind.
+            for spec in powered_off {
+                if let Err(e) = self.driver.call(DriverCall::Destroy, &spec) {
+                    log::warn!("VM {}: cleaning up the powered-off guest: {e}", spec.vm_id);
+                }
+            }
         }
     }
 
