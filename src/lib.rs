@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod dynamic;
 pub mod hooks;
 pub mod logging;
 pub mod mapping;

@@ -129,6 +129,20 @@ pub enum ProvisionError {
         /// Cause.
         source: OneError,
     },
+    /// OpenNebula refused a change of a running job's VM (suspend, resume, migrate, resize).
+    #[error("job {job_id}, node {node}: {action} of VM {vm_id} failed: {source}")]
+    VmAction {
+        /// Job.
+        job_id: u32,
+        /// Node.
+        node: String,
+        /// VM.
+        vm_id: u32,
+        /// The action.
+        action: &'static str,
+        /// Cause.
+        source: OneError,
+    },
     /// A VM could not be terminated (teardown keeps its row so it is retried).
     #[error("job {job_id}, node {node}: terminating VM {vm_id} failed: {source}")]
     Terminate {
@@ -348,8 +362,24 @@ impl<'a> Provisioner<'a> {
         Provisioner { cfg, one, db }
     }
 
-    fn cluster(&self) -> &str {
+    pub(crate) fn cluster(&self) -> &str {
         &self.cfg.cluster.name
+    }
+
+    pub(crate) fn db(&self) -> &MappingDb {
+        self.db
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        self.one
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        self.cfg
+    }
+
+    pub(crate) fn poll_interval(&self) -> Duration {
+        self.cfg.provisioning.poll_interval
     }
 
     fn mapping(&self, job_id: u32) -> impl Fn(MappingError) -> ProvisionError {

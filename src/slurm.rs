@@ -356,6 +356,21 @@ pub fn stuck_nodes(nodes: &[NodeInfo]) -> Vec<StuckNode> {
         .collect()
 }
 
+/// Ids of the jobs SLURM has SUSPENDED (`scontrol suspend`).
+pub fn suspended_jobs() -> Result<BTreeSet<u32>, SlurmError> {
+    let out = run(
+        &[
+            "squeue",
+            "--noheader",
+            "--all",
+            "--states=SUSPENDED",
+            "--format=%A",
+        ],
+        COMMAND_TIMEOUT,
+    )?;
+    Ok(out.lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
 /// SLURM's view through its command-line tools.
 pub struct SlurmCli;
 

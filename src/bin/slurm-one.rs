@@ -66,7 +66,26 @@ enum Cmd {
         #[arg(long)]
         job: u32,
     },
-    /// Find and fix orphan VMs, stale rows and lost rows.
+    /// Live-migrate a running job's VMs (to HOST, or each to another host with room).
+    Migrate {
+        /// SLURM job id.
+        #[arg(long)]
+        job: u32,
+        /// Target host name (see one.hostpool.info).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Change the CPU share of a running job's VMs (CPU = VCPU × share).
+    Resize {
+        /// SLURM job id.
+        #[arg(long)]
+        job: u32,
+        /// New share, within sizing.cpu_share_min/max.
+        #[arg(long)]
+        cpu_share: f64,
+    },
+    /// Find and fix orphan VMs, stale rows and lost rows. With --watch it also follows
+    /// SLURM's suspensions every second (scontrol suspend/resume JOB suspend/resume the VMs).
     Reconcile {
         /// Only report.
         #[arg(long)]
@@ -223,6 +242,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
+        Cmd::Migrate { job, to } => {
+            for c in engine.migrate_job(job, to.as_deref()).map_err(fail(1))? {
+                println!("{} VM {} {}", c.node, c.vm_id, c.now);
+            }
+            Ok(())
+        }
+        Cmd::Resize { job, cpu_share } => {
+            for c in engine.resize_job(job, cpu_share).map_err(fail(1))? {
+                println!("{} VM {} {}", c.node, c.vm_id, c.now);
+            }
+            Ok(())
+        }
         Cmd::Reconcile {
             dry_run,
             grace,
@@ -262,12 +293,31 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 let until = std::time::Instant::now() + interval;
                 while std::time::Instant::now() < until && !stopping() {
-                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    if !no_slurm && !dry_run {
+                        follow_suspensions(&engine);
+                    }
+                    std::thread::sleep(std::time::Duration::from_secs(1));
                 }
             }
             log::info!("reconcile loop stopped");
             Ok(())
         }
+    }
+}
+
+/// One check of SLURM's suspended jobs against the VMs' states.
+fn follow_suspensions(engine: &Provisioner<'_>) {
+    match slurm_one::slurm::suspended_jobs() {
+        Ok(jobs) => {
+            let (changes, errors) = engine.sync_suspensions(&jobs);
+            for c in changes {
+                log::info!("node {} VM {}: {}", c.node, c.vm_id, c.now);
+            }
+            for e in errors {
+                log::error!("following suspensions: {e}");
+            }
+        }
+        Err(e) => log::warn!("cannot list suspended jobs: {e}"),
     }
 }
 

@@ -212,6 +212,21 @@ impl VmInfo {
     }
 }
 
+/// What slurm-one reads of a host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostInfo {
+    /// Host id.
+    pub id: u32,
+    /// Host name.
+    pub name: String,
+    /// STATE (2 = MONITORED).
+    pub state: i64,
+    /// MAX_CPU − CPU_USAGE (100 per core).
+    pub free_cpu: i64,
+    /// MAX_MEM − MEM_USAGE (KiB).
+    pub free_mem_kib: i64,
+}
+
 /// What slurm-one reads of a registered VM template.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TemplateInfo {
@@ -478,6 +493,36 @@ impl Client {
     pub fn vm_migrate(&self, id: u32, host: u32, live: bool) -> Result<(), OneError> {
         let params = [id_param(id), id_param(host), live.into(), false.into()];
         self.call_once("one.vm.migrate", &params).map(|_| ())
+    }
+
+    /// `one.hostpool.info`.
+    pub fn host_pool(&self) -> Result<Vec<HostInfo>, OneError> {
+        let method = "one.hostpool.info";
+        let v = self.read(method, &[])?;
+        let xml = expect_str(method, &v)?;
+        let doc = parse_xml(method, xml)?;
+        let num = |n: roxmltree::Node<'_, '_>, path: &[&str]| -> i64 {
+            let mut node = Some(n);
+            for p in path {
+                node = node.and_then(|x| child(x, p));
+            }
+            node.and_then(|x| x.text())
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(doc
+            .root_element()
+            .children()
+            .filter(|n| n.has_tag_name("HOST"))
+            .map(|h| HostInfo {
+                id: u32::try_from(num(h, &["ID"])).unwrap_or(0),
+                name: child_text(h, "NAME").unwrap_or_default(),
+                state: num(h, &["STATE"]),
+                free_cpu: num(h, &["HOST_SHARE", "MAX_CPU"]) - num(h, &["HOST_SHARE", "CPU_USAGE"]),
+                free_mem_kib: num(h, &["HOST_SHARE", "MAX_MEM"])
+                    - num(h, &["HOST_SHARE", "MEM_USAGE"]),
+            })
+            .collect())
     }
 
     /// `one.vm.resize` with CPU/VCPU/MEMORY in `template`.

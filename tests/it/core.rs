@@ -626,3 +626,114 @@ fn cli_provisions_shows_and_tears_down_a_job() {
         "only the header is left"
     );
 }
+
+#[test]
+fn a_running_jobs_vms_live_migrate_to_another_host() {
+    let sim = Sim::start(Opts::dummy());
+    let s = setup(&sim);
+    let engine = Provisioner::new(&s.cfg, &s.client, &s.db);
+    let up = engine
+        .provision(&job(40, &["vm1", "vm2"], 1, None, None))
+        .unwrap();
+    let before: Vec<Option<String>> = up.iter().map(|n| vm(&s, n.vm_id).host).collect();
+    let changes = engine.migrate_job(40, Some("dummy-host-2")).unwrap();
+    assert_eq!(changes.len(), 2);
+    for n in &up {
+        let info = vm(&s, n.vm_id);
+        assert!(info.running(), "{}", info.state_name());
+        assert_eq!(info.host.as_deref(), Some("dummy-host-2"));
+    }
+    assert!(
+        before.iter().all(|h| h.as_deref() == Some("dummy-host-1")),
+        "{before:?}"
+    );
+    let rows = s.db.job_rows("it", 40).unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| r.detail.as_deref() == Some("migrated to dummy-host-2")),
+        "{rows:?}"
+    );
+    let err = engine.migrate_job(40, Some("dummy-host-2")).unwrap_err();
+    assert!(err.to_string().contains("is the VM's own"), "{err}");
+}
+
+#[test]
+fn suspensions_follow_slurm_and_are_recorded() {
+    let sim = Sim::start(Opts::dummy());
+    let s = setup(&sim);
+    let engine = Provisioner::new(&s.cfg, &s.client, &s.db);
+    let up = engine.provision(&job(41, &["vm1"], 1, None, None)).unwrap();
+    let (changes, errors) = engine.sync_suspensions(&BTreeSet::from([41]));
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(changes.len(), 1);
+    assert_eq!(vm(&s, up[0].vm_id).state, VmState::Suspended);
+    assert_eq!(
+        s.db.job_rows("it", 41).unwrap()[0].state,
+        RowState::Suspended
+    );
+    let (again, _) = engine.sync_suspensions(&BTreeSet::from([41]));
+    assert!(again.is_empty(), "a suspended job is not suspended twice");
+    let (changes, errors) = engine.sync_suspensions(&BTreeSet::new());
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(changes.len(), 1);
+    assert!(vm(&s, up[0].vm_id).running());
+    assert_eq!(s.db.job_rows("it", 41).unwrap()[0].state, RowState::Running);
+}
+
+#[test]
+fn resizing_a_running_vm_follows_the_drivers_abilities() {
+    // oned's dummy driver cannot hotplug-resize: the error is OpenNebula's own.
+    let sim = Sim::start(Opts::dummy());
+    let s = setup(&sim);
+    let engine = Provisioner::new(&s.cfg, &s.client, &s.db);
+    engine.provision(&job(42, &["vm1"], 2, None, None)).unwrap();
+    let err = engine.resize_job(42, 0.5).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("Hotplug resize not supported by driver dummy"),
+        "{err}"
+    );
+    let err = engine.resize_job(42, 7.0).unwrap_err();
+    assert!(err.to_string().contains("outside"), "{err}");
+}
+
+#[test]
+fn resizing_a_running_ns_vm_changes_its_cpu_and_the_hosts_usage() {
+    if !crate::util::ns_capable("resizing_a_running_ns_vm_changes_its_cpu_and_the_hosts_usage") {
+        return;
+    }
+    let sim = Sim::start(Opts::ns(31));
+    let s = setup_with(
+        &sim,
+        SESSION,
+        None,
+        "start_script = \"#!/bin/sh\\n# {node}: nothing to start\\n\"\n",
+    );
+    let engine = Provisioner::new(&s.cfg, &s.client, &s.db);
+    let up = engine
+        .provision(&job(43, &["vm1"], 2, None, Some(1.0)))
+        .unwrap();
+    assert_eq!(vm(&s, up[0].vm_id).cpu, Some(2.0));
+    let used = |s: &Setup| {
+        1600 - s
+            .client
+            .host_pool()
+            .unwrap()
+            .iter()
+            .map(|h| h.free_cpu)
+            .sum::<i64>()
+    };
+    assert_eq!(used(&s), 200);
+    let changes = engine.resize_job(43, 0.25).unwrap();
+    assert_eq!(changes[0].now, "CPU 0.5");
+    let info = vm(&s, up[0].vm_id);
+    assert!(info.running());
+    assert_eq!(info.cpu, Some(0.5));
+    assert_eq!(used(&s), 50, "host CPU_USAGE follows the resize");
+    assert!(s.db.job_rows("it", 43).unwrap()[0]
+        .detail
+        .as_deref()
+        .unwrap()
+        .contains("cpu share 0.25"));
+    engine.teardown(43).unwrap();
+}
