@@ -26,7 +26,7 @@ pub enum HookError {
     Option(#[from] options::OptionError),
     /// Provisioning or teardown failed.
     #[error(transparent)]
-    Provision(#[from] ProvisionError),
+    Provision(Box<ProvisionError>),
     /// A SLURM command failed.
     #[error(transparent)]
     Slurm(#[from] SlurmError),
@@ -38,6 +38,12 @@ pub enum HookError {
         /// How long the hook waited.
         waited: Duration,
     },
+}
+
+impl From<ProvisionError> for HookError {
+    fn from(e: ProvisionError) -> Self {
+        HookError::Provision(Box::new(e))
+    }
 }
 
 /// What every hook needs: config, OpenNebula, the table.
