@@ -99,11 +99,22 @@ job_summary() {
         "admin_comment='$(job_field "$1" AdminComment)' last hook log: ${last:-none}"
 }
 
+# node_diag: State, BootTime, SlurmdStartTime of every node not idle~ (why one did not register:
+# slurmctld ignores a registration whose BootTime is before the node's resume request).
+node_diag() {
+    local n
+    for n in $(node_states | awk '$2 != "idle~" {print $1}'); do
+        scontrol show node "$n" | tr -s ' \n' ' ' |
+            grep -oE 'State=[^ ]+|BootTime=[^ ]+|SlurmdStartTime=[^ ]+' | tr '\n' ' ' | sed "s/^/$n: /"
+        echo -n "; "
+    done
+}
+
 # wait_running JOB SECS: waits until JOB is RUNNING, else fails the case.
 wait_running() {
     local t0=$SECONDS
     wait_until "$2" job_in_state "$1" RUNNING ||
-        fail "job $1 not RUNNING after $2s: $(job_summary "$1")"
+        fail "job $1 not RUNNING after $2s: $(job_summary "$1"); nodes: $(node_diag)"
     log "job $1 RUNNING after $((SECONDS - t0))s on $(job_nodes "$1")"
 }
 

@@ -4,8 +4,8 @@ set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 case_begin
 
-a=$(submit -N1 -o /dev/null --wrap "sleep 25") || fail "sbatch a failed"
-b=$(submit -N1 -o /dev/null --wrap "sleep 25") || fail "sbatch b failed"
+a=$(submit -N1 -o /dev/null --wrap "sleep 15") || fail "sbatch a failed"
+b=$(submit -N1 -o /dev/null --wrap "sleep 15") || fail "sbatch b failed"
 wait_running "$a" 90
 wait_running "$b" 90
 job_in_state "$a" RUNNING || fail "job $a no longer RUNNING when $b started: $(job_summary "$a")"
