@@ -306,7 +306,7 @@ fn wait_registered(cfg: &Config, nodes: &[String]) -> Result<(), HookError> {
     }
 }
 
-/// EpilogSlurmctld: nodes DOWN → POWER_DOWN (so they cannot be given to a new job while
+/// EpilogSlurmctld: nodes DRAIN → POWER_DOWN (so they cannot be given to a new job while
 /// their VMs go), then terminate the VMs and clear the rows.
 pub fn epilog_slurmctld(
     cfg: &Config,
@@ -318,13 +318,25 @@ pub fn epilog_slurmctld(
     let rows = db
         .job_rows(&cfg.cluster.name, job_id)
         .map_err(|source| ProvisionError::Mapping { job_id, source })?;
-    let mut nodes: Vec<String> = rows.iter().map(|r| r.node.clone()).collect();
-    if nodes.is_empty() {
-        // Nothing recorded (a failed prolog cleaned up already): still return the job's
-        // cloud nodes to the pool.
-        nodes = cloud_nodes(&nodes_from(env)?)?;
-    }
-    if let Err(e) = slurm::down_then_power_down(
+    let nodes: Vec<String> = if rows.is_empty() {
+        // Nothing recorded: a failed prolog already removed its VMs and set its nodes DOWN
+        // with the reason, which must stay visible. Only a cloud node still up is drained.
+        let list = nodes_from(env)?;
+        slurm::nodes(&list.join(","))?
+            .into_iter()
+            .filter(|n| {
+                n.has("CLOUD")
+                    && !n.has("DOWN")
+                    && !n.has("DRAIN")
+                    && !n.has("POWERING_DOWN")
+                    && !n.has("POWERED_DOWN")
+            })
+            .map(|n| n.name)
+            .collect()
+    } else {
+        rows.iter().map(|r| r.node.clone()).collect()
+    };
+    if let Err(e) = slurm::drain_then_power_down(
         &nodes,
         &format!("slurm-one: job {job_id} ended, VMs being removed"),
     ) {

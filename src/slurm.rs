@@ -274,13 +274,28 @@ pub fn set_node_addrs(pairs: &[(String, String)]) -> Result<(), SlurmError> {
 /// Sets nodes DOWN with a reason, then POWER_DOWN, so they go back to powered-down idle
 /// (and a job on them is requeued at once).
 pub fn down_then_power_down(nodes: &[String], reason: &str) -> Result<(), SlurmError> {
+    set_state_then_power_down(nodes, "state=down", reason)
+}
+
+/// Drains nodes with a reason, then POWER_DOWN: a node whose job ended is never handed out
+/// while its VM goes. DRAIN, unlike DOWN, survives a late registration of the old slurmd
+/// under `ReturnToService=2`; `idle_on_node_suspend` clears it once the node is powered down.
+pub fn drain_then_power_down(nodes: &[String], reason: &str) -> Result<(), SlurmError> {
+    set_state_then_power_down(nodes, "state=drain", reason)
+}
+
+fn set_state_then_power_down(
+    nodes: &[String],
+    state: &str,
+    reason: &str,
+) -> Result<(), SlurmError> {
     if nodes.is_empty() {
         return Ok(());
     }
     let name_arg = format!("nodename={}", nodes.join(","));
     let reason_arg = format!("reason={}", one_line(reason, 200));
     run(
-        &["scontrol", "update", &name_arg, "state=down", &reason_arg],
+        &["scontrol", "update", &name_arg, state, &reason_arg],
         COMMAND_TIMEOUT,
     )?;
     run(
