@@ -122,17 +122,17 @@ pub fn vm_name(cluster: &str, job_id: u32, node: &str) -> String {
 fn plain_text(s: &str) -> String {
     let cleaned: String = s
         .chars()
-        .map(|c| {
-            if c.is_control() || c == '\u{fffe}' || c == '\u{ffff}' {
-                ' '
-            } else {
-                c
-            }
-        })
-        .take(128)
+        .map(|c| if c.is_control() || c == '\u{fffe}' || c == '\u{ffff}' { ' ' } else { c })
         .collect::<String>()
-        .replace("]]>", "]] >");
-    cleaned.trim().trim_end_matches('\\').trim().to_string()
+        .replace("]]>", "]] >")
+        .chars()
+        .take(128)
+        .collect();
+    // Trailing backslashes and blanks go together: removing one can expose the other.
+    cleaned
+        .trim_start()
+        .trim_end_matches(|c: char| c == '\\' || c.is_whitespace())
+        .to_string()
 }
 
 /// The CONTEXT we add; these keys win over the admin's.
@@ -341,6 +341,8 @@ mod tests {
         assert_eq!(plain_text("my job"), "my job");
         assert_eq!(plain_text("a\nb"), "a b");
         assert_eq!(plain_text("ends\\"), "ends");
+        assert_eq!(plain_text("a b\\ \\"), "a b", "found by fuzzing: a space between backslashes");
+        assert_eq!(plain_text(&"]]>".repeat(100)).chars().count(), 128);
         assert_eq!(plain_text(&"x".repeat(500)).len(), 128);
     }
 

@@ -23,12 +23,18 @@ fuzz_target!(|data: &[u8]| {
     let env_value = common::any_string(&mut u).unwrap_or_default();
     let env = |_: &str| Some(env_value.clone());
 
-    for env in [&|_: &str| None as Option<String>, &env as &dyn Fn(&str) -> Option<String>] {
+    for env in [
+        &|_: &str| None as Option<String>,
+        &env as &dyn Fn(&str) -> Option<String>,
+    ] {
         match Config::from_toml_str(&text, origin, env) {
             Ok(cfg) => {
                 assert_eq!(Config::from_toml_str(&text, origin, env), Ok(cfg.clone()));
                 let commented = format!("{text}\n# fuzz\n");
-                assert_eq!(Config::from_toml_str(&commented, origin, env), Ok(cfg.clone()));
+                assert_eq!(
+                    Config::from_toml_str(&commented, origin, env),
+                    Ok(cfg.clone())
+                );
                 let _ = format!("{cfg:?}");
             }
             Err(e) => {

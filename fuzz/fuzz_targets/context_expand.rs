@@ -18,13 +18,17 @@ use std::collections::BTreeMap;
 
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use slurm_one::one::template::{expand_context_value, expand_context_vector, TemplateError, VarRef};
+use slurm_one::one::template::{
+    expand_context_value, expand_context_vector, TemplateError, VarRef,
+};
 
 const MARK: &str = "\u{10fffd}";
 
 fn check_name(n: &str) {
     assert!(
-        !n.is_empty() && n.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'),
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'),
         "bad name {n:?} handed to the resolver"
     );
 }
@@ -52,7 +56,11 @@ fn value(s: &str) {
         calls.set(calls.get() + 1);
         Some(MARK.to_string())
     });
-    assert_eq!(none.is_ok(), marked.is_ok(), "success depends on the resolver for {s:?}");
+    assert_eq!(
+        none.is_ok(),
+        marked.is_ok(),
+        "success depends on the resolver for {s:?}"
+    );
     if let (Ok(none), Ok(marked)) = (&none, &marked) {
         if !s.contains(MARK) {
             assert_eq!(marked.matches(MARK).count(), calls.get(), "{s:?}");
@@ -73,12 +81,20 @@ fn vector(u: &mut Unstructured<'_>) -> Result<()> {
     let n = u.int_in_range(0..=6)?;
     let mut pairs = Vec::new();
     for _ in 0..n {
-        let k = if u.ratio(3, 4)? { common::name(u)? } else { common::any_string(u)? };
+        let k = if u.ratio(3, 4)? {
+            common::name(u)?
+        } else {
+            common::any_string(u)?
+        };
         pairs.push((k, common::any_string(u)?));
     }
     let out = expand_context_vector(&pairs, &|r| {
         check_ref(r);
-        if u8::try_from(r_len(r)).is_ok_and(|l| l % 2 == 0) { Some("v".into()) } else { None }
+        if u8::try_from(r_len(r)).is_ok_and(|l| l % 2 == 0) {
+            Some("v".into())
+        } else {
+            None
+        }
     });
     if pairs.is_empty() {
         assert_eq!(out, Err(TemplateError::EmptyContext));

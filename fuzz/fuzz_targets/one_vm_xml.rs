@@ -23,15 +23,25 @@ fn check(vm: roxmltree::Node<'_, '_>) {
             return;
         }
     };
-    let id: i64 = child_text(vm, "ID").and_then(|t| t.parse().ok()).expect("accepted without a numeric ID");
+    let id: i64 = child_text(vm, "ID")
+        .and_then(|t| t.parse().ok())
+        .expect("accepted without a numeric ID");
     assert_eq!(i64::from(info.id), id);
-    let state: i64 = child_text(vm, "STATE").and_then(|t| t.parse().ok()).expect("accepted without STATE");
+    let state: i64 = child_text(vm, "STATE")
+        .and_then(|t| t.parse().ok())
+        .expect("accepted without STATE");
     assert_eq!(i64::from(info.state.number()), state);
     let nics = vm
         .children()
         .find(|n| n.has_tag_name("TEMPLATE"))
-        .map_or(0, |t| t.children().filter(|n| n.has_tag_name("NIC")).count());
-    assert!(info.ips.len() <= nics, "{} IPs from {nics} NICs", info.ips.len());
+        .map_or(0, |t| {
+            t.children().filter(|n| n.has_tag_name("NIC")).count()
+        });
+    assert!(
+        info.ips.len() <= nics,
+        "{} IPs from {nics} NICs",
+        info.ips.len()
+    );
     let user_elements = vm
         .children()
         .find(|n| n.has_tag_name("USER_TEMPLATE"))
@@ -45,8 +55,12 @@ fn check(vm: roxmltree::Node<'_, '_>) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(doc) = roxmltree::Document::parse(text) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(doc) = roxmltree::Document::parse(text) else {
+        return;
+    };
     let root = doc.root_element();
     check(root);
     for n in root.children().filter(|n| n.has_tag_name("VM")) {

@@ -19,7 +19,9 @@ use slurm_one::slurm::{
 };
 
 fn is_key(k: &str) -> bool {
-    !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
 fn key_values(line: &str) {
@@ -27,13 +29,19 @@ fn key_values(line: &str) {
     for (k, _) in &kv {
         assert!(is_key(k), "bad key {k:?}");
     }
-    let rebuilt = kv.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+    let rebuilt = kv
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ");
     assert!(line.ends_with(&rebuilt), "{line:?} lost text: {rebuilt:?}");
     if !kv.is_empty() {
         let dropped = &line[..line.len() - rebuilt.len()];
         assert!(dropped.is_empty() || dropped.ends_with(' '), "{line:?}");
         assert!(
-            !dropped.split(' ').any(|t| t.split_once('=').is_some_and(|(k, _)| is_key(k))),
+            !dropped
+                .split(' ')
+                .any(|t| t.split_once('=').is_some_and(|(k, _)| is_key(k))),
             "a key token was dropped from {line:?}"
         );
     }
@@ -47,14 +55,22 @@ fn job(line: &str) {
     let info = parse_job(line);
     let kv = parse_key_values(line.trim());
     assert_eq!(info.state, get(&kv, "JobState").unwrap_or(""));
-    assert_eq!(info.restarts, get(&kv, "Restarts").and_then(|r| r.parse().ok()).unwrap_or(0));
+    assert_eq!(
+        info.restarts,
+        get(&kv, "Restarts")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0)
+    );
     assert!(info.mem_per_node_mb.is_none_or(|m| m > 0));
     assert!(info.mem_per_cpu_mb.is_none_or(|m| m > 0));
 }
 
 fn nodes(text: &str) {
     let nodes = parse_nodes(text);
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("NodeName=")).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("NodeName="))
+        .collect();
     assert_eq!(nodes.len(), lines.len());
     for (n, l) in nodes.iter().zip(lines) {
         let kv = parse_key_values(l.trim());
@@ -68,7 +84,8 @@ fn live(text: &str) {
     let ids = parse_live_jobs(text);
     for id in &ids {
         assert!(
-            text.lines().any(|l| l.split_whitespace().next().and_then(|t| t.parse().ok()) == Some(*id)),
+            text.lines()
+                .any(|l| l.split_whitespace().next().and_then(|t| t.parse().ok()) == Some(*id)),
             "job {id} is not in the output"
         );
     }
@@ -100,7 +117,11 @@ fn cpus(u: &mut Unstructured<'_>) -> Result<()> {
         }
         want.extend(std::iter::repeat_n(n, times));
     }
-    assert_eq!(expand_cpus_per_node(&text.join(",")), Some(want), "{text:?}");
+    assert_eq!(
+        expand_cpus_per_node(&text.join(",")),
+        Some(want),
+        "{text:?}"
+    );
     Ok(())
 }
 
@@ -122,7 +143,9 @@ fn hostlist(s: &str) {
     }
     let plain: Vec<&str> = s.split(',').collect();
     if !s.is_empty()
-        && plain.iter().all(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_lowercase()))
+        && plain
+            .iter()
+            .all(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_lowercase()))
     {
         let hosts = expand_hostlist(s).unwrap_or_else(|e| panic!("{e}"));
         let got: BTreeSet<&str> = hosts.iter().map(String::as_str).collect();

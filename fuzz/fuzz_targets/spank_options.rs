@@ -23,7 +23,10 @@ fn cfg() -> &'static Config {
 }
 
 fn one_line(msg: &str) {
-    assert!(!msg.contains(['\n', '\r', '\0']), "message is not one line: {msg:?}");
+    assert!(
+        !msg.contains(['\n', '\r', '\0']),
+        "message is not one line: {msg:?}"
+    );
 }
 
 fn options(s: &str) {
@@ -45,7 +48,10 @@ fn options(s: &str) {
         }
         Err(e) => {
             if let Ok(f) = s.trim().parse::<f64>() {
-                assert!(!(f.is_finite() && (0.05..=1.0).contains(&f)), "{s:?} refused");
+                assert!(
+                    !(f.is_finite() && (0.05..=1.0).contains(&f)),
+                    "{s:?} refused"
+                );
             }
             one_line(&e.to_string());
         }

@@ -26,7 +26,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(call) => {
             let body = write_method_call(&call.method, &call.params);
             let again = parse_method_call(&body).unwrap_or_else(|e| {
-                panic!("written call does not parse: {e}\n{}", String::from_utf8_lossy(&body))
+                panic!(
+                    "written call does not parse: {e}\n{}",
+                    String::from_utf8_lossy(&body)
+                )
             });
             assert_eq!(again.method, call.method);
             assert!(
@@ -37,7 +40,10 @@ fuzz_target!(|data: &[u8]| {
             );
             let body2 = write_method_call(&again.method, &again.params);
             let third = parse_method_call(&body2).expect("second round trip fails");
-            assert!(xr::same_all(&again.params, &third.params), "second round trip changed values");
+            assert!(
+                xr::same_all(&again.params, &third.params),
+                "second round trip changed values"
+            );
         }
     }
 });

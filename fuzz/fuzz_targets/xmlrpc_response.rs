@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let body = write_response(&resp);
     let back = parse_response(&body).unwrap_or_else(|e| {
-        panic!("written response does not parse: {e}\n{}", String::from_utf8_lossy(&body))
+        panic!(
+            "written response does not parse: {e}\n{}",
+            String::from_utf8_lossy(&body)
+        )
     });
     match (&resp, &back) {
         (Response::Success(a), Response::Success(b)) => {

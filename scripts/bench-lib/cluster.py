@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -376,11 +377,18 @@ def job_summary(c, job):
 # --- rows ----------------------------------------------------------------------------------
 
 def start_latency(cand, base, markers, n):
-    """Row 1: n single jobs per cluster, alternating, each on a powered-down node."""
+    """Row 1: n single jobs per cluster, alternating, each on a powered-down node. A job is
+    submitted a random time (uniform over one period) after the previous job of its cluster
+    started: the stock path's jobs start at slurmctld's 30 s periodic check, and submitting
+    right after that start would sample the same phase of the period every time."""
     results = {cand.name: [], base.name: []}
     recent = {cand.name: [], base.name: []}
+    period = {cand.name: 1.0, base.name: 30.0}  # cand: slurmctld's 1 s scheduling loops
+    rng = random.Random(2026)
+    not_before = {cand.name: 0.0, base.name: time.time() + rng.uniform(0, 30)}
     for i in range(n):
         for c in ((cand, base) if i % 2 == 0 else (base, cand)):
+            time.sleep(max(0.0, not_before[c.name] - time.time()))
             def pick():
                 free = [x for x in c.poller.idle_nodes() if x not in recent[c.name][-6:]]
                 return free[0] if free else None
@@ -398,6 +406,7 @@ def start_latency(cand, base, markers, n):
                                         "latency": None})
                 continue
             lat = starts[0] - t_submit
+            not_before[c.name] = starts[0] + rng.uniform(0, period[c.name])
             log(f"row 1 {c.name}: job {job} on {node}: submit->start {lat:.2f} s (overhead {lat - BOOT:.2f} s)")
             results[c.name].append({"job": job, "node": node, "submit": t_submit, "start": starts[0],
                                     "latency": lat})
@@ -551,7 +560,8 @@ def main():
               "job": " ".join(JOB_ARGS) + " (pinned -w to a powered-down node; 1 s script)",
               "slurm_one": "PrologSlurmctld provisions, sets NodeAddr, waits for registration",
               "baseline": "stock power-save: ResumeProgram provisions + sets NodeAddr, no prolog",
-              "order": "alternating single jobs, cand/base",
+              "order": "alternating single jobs, cand/base; each submitted U(0, period) after the "
+                       "previous job of its cluster started (period 30 s base, 1 s cand)",
               "guest_boot": "slurmd starts B after VM creation, slurmd -b (SLURM_ONE_GUEST_BOOT)",
               "failed_jobs": failed1,
               "breakdown": split,

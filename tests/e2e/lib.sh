@@ -110,11 +110,25 @@ node_diag() {
     done
 }
 
+# registration_diag JOB: when the hooks say a node did not register, the evidence for the known
+# cause: slurmctld ignores a slurmd whose BootTime precedes the node's resume request
+# (waiting_for_node_boot, 22.05 node_mgr.c), and one-sim guests report a boot 1-2 s before the
+# VM exists.
+registration_diag() {
+    local c n started
+    c=$(job_field "$1" AdminComment)
+    [[ $c == *"did not register"* ]] || return 0
+    started=$(grep -E "(Allocate|Started) JobId=$1 " "$E2E_CTLD_LOG" | tail -1 | cut -c2-24)
+    for n in $(expand "$(grep -oE 'nodes [^ ]+ did not register' <<<"$c" | cut -d' ' -f2)"); do
+        echo -n "[$n allocated $started, slurmd reported $(scontrol show node "$n" | grep -oE 'BootTime=[^ ]+')] "
+    done
+}
+
 # wait_running JOB SECS: waits until JOB is RUNNING, else fails the case.
 wait_running() {
     local t0=$SECONDS
     wait_until "$2" job_in_state "$1" RUNNING ||
-        fail "job $1 not RUNNING after $2s: $(job_summary "$1"); nodes: $(node_diag)"
+        fail "job $1 not RUNNING after $2s: $(job_summary "$1"); nodes: $(node_diag) $(registration_diag "$1")"
     log "job $1 RUNNING after $((SECONDS - t0))s on $(job_nodes "$1")"
 }
 

@@ -9,8 +9,7 @@ trap 'one_py fault_clear; cancel_my_jobs' EXIT
 one_py fault_add one.vm.allocate 1 512 "User [0] : Quota exceeded" || fail "sim.fault.add failed"
 job=$(submit -N1 -o /dev/null --wrap "sleep 30") || fail "sbatch failed"
 t0=$SECONDS
-requeued="" seen_reason="" reasons="" node_reasons="" back=""
-# Until requeued and (the reason was seen or the nodes are back: then it can no longer show).
+requeued="" seen_reason="" reasons="" node_reasons="" comment="" failed_node=""
 while [ $SECONDS -lt $((t0 + 90)) ]; do
     r=$(sinfo -h -R -o '%N|%E' | grep 'slurm-one:')
     if [ -n "$r" ] && ! grep -qxF "$r" <<<"$reasons"; then
@@ -24,26 +23,33 @@ while [ $SECONDS -lt $((t0 + 90)) ]; do
         [ -n "$l" ] && ! grep -qxF "$l" <<<"$node_reasons" && node_reasons+="$l"$'\n' && log "node reason: $l"
     done <<<"$n"
     s=$(job_state "$job") restarts=$(job_field "$job" Restarts) reason=$(job_field "$job" Reason)
-    if [ "$s" = PENDING ] && { [ "${restarts:-0}" -ge 1 ] || [ "$reason" = BeginTime ]; }; then
-        [ -z "$requeued" ] && log "requeued after $((SECONDS - t0))s: $(job_summary "$job")"
+    if [ -z "$requeued" ] && [ "${restarts:-0}" -ge 1 ]; then
         requeued=yes
-        [ -n "$seen_reason" ] && break
-        [ -z "$(node_states | awk '$2 != "idle~"')" ] && back=yes && break
+        comment=$(job_field "$job" AdminComment) # of this first attempt
+        failed_node=$(grep -oE 'node vm[0-9]+' <<<"$comment" | head -1 | cut -d' ' -f2)
+        log "requeued after $((SECONDS - t0))s: $(job_summary "$job")"
     fi
-    # With a short cred_expire the requeued job may start again (the fault fired once).
-    case $s in RUNNING | COMPLETED | FAILED | CANCELLED)
-        [ -n "$requeued" ] || [ "${restarts:-0}" -ge 1 ] && { requeued=yes; break; }
-        fail "job $job went $s instead of being requeued: $(job_summary "$job")" ;;
-    esac
+    if [ -n "$requeued" ]; then
+        # Done once the reason was seen, the failed node is back (it can no longer show), or
+        # the job left PENDING (with a short cred_expire it starts again on other nodes).
+        [ -n "$seen_reason" ] && break
+        [ "$s" != PENDING ] && break
+        [ -n "$failed_node" ] && [ "$(sinfo -h -n "$failed_node" -o %t)" = "idle~" ] && break
+    else
+        case $s in RUNNING | COMPLETED | FAILED | CANCELLED)
+            fail "job $job went $s instead of being requeued: $(job_summary "$job")" ;;
+        esac
+    fi
     sleep 0.2
 done
 [ -n "$requeued" ] || fail "job $job not requeued within 90s: $(job_summary "$job")"
-comment=$(job_field "$job" AdminComment)
 [[ $comment == slurm-one:* ]] || fail "AdminComment does not start with 'slurm-one:': '$comment'"
 [[ $comment == *"Quota exceeded"* ]] || fail "AdminComment lacks 'Quota exceeded': '$comment'"
-[ -n "$seen_reason" ] || fail "sinfo -R never showed the provisioning error (Quota exceeded) before the node came back; it showed only: $(sed '/^$/d' <<<"${reasons:-nothing}" | tr '\n' ';') (node Reason texts seen, any state: $(sed '/^$/d' <<<"${node_reasons:-none}" | tr '\n' ';'))"
-v=$(live_vms "$job")
-[ -z "$v" ] || fail "job $job has VMs outside DONE: $v"
-[ -z "$(table_rows "$job")" ] || fail "rows of job $job left: $(table_rows "$job")"
+if [ "$(job_state "$job")" = PENDING ]; then
+    v=$(live_vms "$job")
+    [ -z "$v" ] || fail "requeued job $job has VMs outside DONE: $v"
+    [ -z "$(table_rows "$job")" ] || fail "rows of requeued job $job left: $(table_rows "$job")"
+fi
 one_py fault_clear || fail "sim.fault.clear failed"
 scancel "$job"
+[ -n "$seen_reason" ] || fail "sinfo -R never showed the provisioning error (Quota exceeded) before the node came back; it showed only: $(sed '/^$/d' <<<"${reasons:-nothing}" | tr '\n' ';') (node Reason texts seen, any state: $(sed '/^$/d' <<<"${node_reasons:-none}" | tr '\n' ';'))"

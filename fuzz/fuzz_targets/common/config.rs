@@ -54,7 +54,11 @@ level = "info"
 pub fn valid() -> &'static Config {
     static CFG: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
     CFG.get_or_init(|| {
-        Config::from_toml_str(VALID, std::path::Path::new("/etc/slurm-one/slurm-one.toml"), &|_| None)
-            .unwrap_or_else(|e| panic!("the fixed config is refused: {e}"))
+        Config::from_toml_str(
+            VALID,
+            std::path::Path::new("/etc/slurm-one/slurm-one.toml"),
+            &|_| None,
+        )
+        .unwrap_or_else(|e| panic!("the fixed config is refused: {e}"))
     })
 }

@@ -6,10 +6,10 @@ use arbitrary::{Result, Unstructured};
 
 /// Pieces that matter to the template, `$VAR` and XML grammars.
 const TRICKY: &[&str] = &[
-    "\"", "\\", "\\\"", " ", "\t", "\n", "\r", "\x0b", "\x0c", "\0", "\x01", "$", "$A", "[",
-    "]", "]]>", ",", "=", "#", "<", ">", "&", "&amp;", "'", "'\\''", "@^_^@", "a", "A", "z",
-    "Z", "0", "9", "_", "é", "\u{fffe}", "\u{ffff}", "\u{85}", "\u{2028}", "xml", "XML", "-",
-    ".", "(x", ")", "+", "*", "{node}",
+    "\"", "\\", "\\\"", " ", "\t", "\n", "\r", "\x0b", "\x0c", "\0", "\x01", "$", "$A", "[", "]",
+    "]]>", ",", "=", "#", "<", ">", "&", "&amp;", "'", "'\\''", "@^_^@", "a", "A", "z", "Z", "0",
+    "9", "_", "é", "\u{fffe}", "\u{ffff}", "\u{85}", "\u{2028}", "xml", "XML", "-", ".", "(x", ")",
+    "+", "*", "{node}",
 ];
 
 /// A string made of [`TRICKY`] pieces and arbitrary chars.
@@ -52,7 +52,11 @@ pub fn name(u: &mut Unstructured<'_>) -> Result<String> {
             for i in 0..n {
                 let c = *u.choose(UPPER)? as char;
                 // Mostly a letter first, so most names are representable.
-                s.push(if i == 0 && c.is_ascii_digit() && u.ratio(3, 4)? { 'N' } else { c });
+                s.push(if i == 0 && c.is_ascii_digit() && u.ratio(3, 4)? {
+                    'N'
+                } else {
+                    c
+                });
             }
             Ok(s)
         }

@@ -36,8 +36,7 @@ pub fn same(a: &Value, b: &Value) -> bool {
             x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q))
         }
         (Value::Struct(x), Value::Struct(y)) => {
-            x.len() == y.len()
-                && x.iter().zip(y).all(|((n, p), (m, q))| n == m && same(p, q))
+            x.len() == y.len() && x.iter().zip(y).all(|((n, p), (m, q))| n == m && same(p, q))
         }
         _ => a == b,
     }
