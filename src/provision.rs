@@ -450,6 +450,19 @@ impl<'a> Provisioner<'a> {
             }
             TemplateSource::Body(_) => Vec::new(),
         };
+        // Rows of this job mean an earlier attempt died mid-way (a killed hook): its VMs
+        // are useless now, remove them before making new ones.
+        let leftovers = self
+            .db
+            .job_rows(self.cluster(), job_id)
+            .map_err(self.mapping(job_id))?;
+        if !leftovers.is_empty() {
+            log::warn!(
+                "job {job_id}: {} rows from an interrupted attempt; tearing them down first",
+                leftovers.len()
+            );
+            self.teardown(job_id)?;
+        }
         let mut plans = Vec::with_capacity(job.nodes.len());
         for node in &job.nodes {
             let size = self.size(job, node)?;

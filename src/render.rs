@@ -122,7 +122,13 @@ pub fn vm_name(cluster: &str, job_id: u32, node: &str) -> String {
 fn plain_text(s: &str) -> String {
     let cleaned: String = s
         .chars()
-        .map(|c| if c.is_control() || c == '\u{fffe}' || c == '\u{ffff}' { ' ' } else { c })
+        .map(|c| {
+            if c.is_control() || c == '\u{fffe}' || c == '\u{ffff}' {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect::<String>()
         .replace("]]>", "]] >")
         .chars()
@@ -341,7 +347,11 @@ mod tests {
         assert_eq!(plain_text("my job"), "my job");
         assert_eq!(plain_text("a\nb"), "a b");
         assert_eq!(plain_text("ends\\"), "ends");
-        assert_eq!(plain_text("a b\\ \\"), "a b", "found by fuzzing: a space between backslashes");
+        assert_eq!(
+            plain_text("a b\\ \\"),
+            "a b",
+            "found by fuzzing: a space between backslashes"
+        );
         assert_eq!(plain_text(&"]]>".repeat(100)).chars().count(), 128);
         assert_eq!(plain_text(&"x".repeat(500)).len(), 128);
     }

@@ -737,3 +737,23 @@ fn resizing_a_running_ns_vm_changes_its_cpu_and_the_hosts_usage() {
         .contains("cpu share 0.25"));
     engine.teardown(43).unwrap();
 }
+
+#[test]
+fn a_new_attempt_removes_what_an_interrupted_one_left() {
+    let sim = Sim::start(Opts::dummy());
+    let s = setup(&sim);
+    let engine = Provisioner::new(&s.cfg, &s.client, &s.db);
+    let first = engine.provision(&job(44, &["vm1"], 1, None, None)).unwrap();
+    // As if the hook had been killed after provisioning: rows and VM are still there.
+    let second = engine.provision(&job(44, &["vm1"], 1, None, None)).unwrap();
+    assert_ne!(first[0].vm_id, second[0].vm_id);
+    assert!(poll_until(Duration::from_secs(5), || vm(
+        &s,
+        first[0].vm_id
+    )
+    .state
+        == VmState::Done));
+    let rows = s.db.job_rows("it", 44).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].vm_id, Some(second[0].vm_id));
+}
