@@ -306,8 +306,9 @@ fn wait_registered(cfg: &Config, nodes: &[String]) -> Result<(), HookError> {
     }
 }
 
-/// EpilogSlurmctld: nodes DRAIN → POWER_DOWN (so they cannot be given to a new job while
-/// their VMs go), then terminate the VMs and clear the rows.
+/// EpilogSlurmctld: nodes DOWN → POWER_DOWN (so they cannot be given to a new job while
+/// their VMs go), then terminate the VMs and clear the rows. DOWN also ends the nodes'
+/// COMPLETING state, whose epilog-complete message the removed VMs will never send.
 pub fn epilog_slurmctld(
     cfg: &Config,
     one: &Client,
@@ -320,7 +321,7 @@ pub fn epilog_slurmctld(
         .map_err(|source| ProvisionError::Mapping { job_id, source })?;
     let nodes: Vec<String> = if rows.is_empty() {
         // Nothing recorded: a failed prolog already removed its VMs and set its nodes DOWN
-        // with the reason, which must stay visible. Only a cloud node still up is drained.
+        // with the reason, which must stay visible. Only a cloud node still up is taken down.
         let list = nodes_from(env)?;
         slurm::nodes(&list.join(","))?
             .into_iter()
@@ -336,7 +337,7 @@ pub fn epilog_slurmctld(
     } else {
         rows.iter().map(|r| r.node.clone()).collect()
     };
-    if let Err(e) = slurm::drain_then_power_down(
+    if let Err(e) = slurm::down_then_power_down(
         &nodes,
         &format!("slurm-one: job {job_id} ended, VMs being removed"),
     ) {

@@ -277,13 +277,6 @@ pub fn down_then_power_down(nodes: &[String], reason: &str) -> Result<(), SlurmE
     set_state_then_power_down(nodes, "state=down", reason)
 }
 
-/// Drains nodes with a reason, then POWER_DOWN: a node whose job ended is never handed out
-/// while its VM goes. DRAIN, unlike DOWN, survives a late registration of the old slurmd
-/// under `ReturnToService=2`; `idle_on_node_suspend` clears it once the node is powered down.
-pub fn drain_then_power_down(nodes: &[String], reason: &str) -> Result<(), SlurmError> {
-    set_state_then_power_down(nodes, "state=drain", reason)
-}
-
 fn set_state_then_power_down(
     nodes: &[String],
     state: &str,
