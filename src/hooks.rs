@@ -344,12 +344,47 @@ pub fn epilog_slurmctld(
         log::warn!("job {job_id}: cannot power nodes down: {e}");
     }
     let report = Provisioner::new(cfg, one, db).teardown(job_id)?;
+    reassert_down(&nodes, job_id);
     log::info!(
         "job {job_id}: epilog removed {} VMs ({} already gone)",
         report.terminated.len(),
         report.already_gone.len()
     );
     Ok(())
+}
+
+/// The old VM's slurmd may have answered once more (its epilog-complete message) after the
+/// nodes were set DOWN, and with `ReturnToService=2` slurmctld then "returns to service" a
+/// node that is powering down. Now that the VMs are gone, such a node is set DOWN again so
+/// it cannot be handed out before it is powered down.
+fn reassert_down(nodes: &[String], job_id: u32) {
+    if nodes.is_empty() {
+        return;
+    }
+    let back: Vec<String> = match slurm::nodes(&nodes.join(",")) {
+        Ok(info) => info
+            .into_iter()
+            .filter(|n| !n.has("DOWN") && n.has("POWERING_DOWN") && !n.has("ALLOCATED"))
+            .map(|n| n.name)
+            .collect(),
+        Err(e) => {
+            log::warn!("job {job_id}: cannot re-check nodes: {e}");
+            return;
+        }
+    };
+    if back.is_empty() {
+        return;
+    }
+    log::info!(
+        "job {job_id}: nodes {} came back while powering down; setting them DOWN again",
+        back.join(",")
+    );
+    if let Err(e) = slurm::down_then_power_down(
+        &back,
+        &format!("slurm-one: job {job_id} ended, VMs removed"),
+    ) {
+        log::warn!("job {job_id}: {e}");
+    }
 }
 
 /// SuspendProgram (argv[1] = hostlist): terminate whatever is still mapped to these nodes.
