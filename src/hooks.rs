@@ -254,6 +254,7 @@ fn provision_and_register(
         cpu_share,
         template,
     };
+    wait_power_up_requested(cloud);
     let up = Provisioner::new(cfg, one, db).provision(&request)?;
     let addrs: Vec<(String, String)> = up
         .iter()
@@ -276,6 +277,26 @@ fn provision_and_register(
         cloud.len()
     );
     Ok(())
+}
+
+/// Waits (up to a few seconds) until slurmctld's power-save thread has asked for the nodes'
+/// power-up: it runs about once a second after the allocation, and a registration whose
+/// boot time precedes that request is ignored ("Still waiting for boot of node"), so a VM
+/// must not boot before it.
+fn wait_power_up_requested(nodes: &[String]) {
+    let start = Instant::now();
+    let list = nodes.join(",");
+    while start.elapsed() < Duration::from_secs(5) {
+        match slurm::nodes(&list) {
+            Ok(info) if info.iter().all(|n| !n.has("POWERED_DOWN")) => return,
+            Ok(_) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => {
+                log::warn!("cannot read node states before provisioning: {e}");
+                return;
+            }
+        }
+    }
+    log::warn!("nodes {list} still not powering up after 5 s; provisioning anyway");
 }
 
 /// Waits until no node of the job is still powering up (its slurmd registered).

@@ -307,11 +307,12 @@ pub fn set_job_admin_comment(job_id: u32, text: &str) -> Result<(), SlurmError> 
 
 /// `scontrol requeuehold JOB`: requeue and hold, so a job that keeps failing stops looping.
 pub fn requeue_hold(job_id: u32) -> Result<(), SlurmError> {
-    run(
-        &["scontrol", "requeuehold", &job_id.to_string()],
-        COMMAND_TIMEOUT,
-    )
-    .map(|_| ())
+    let id = job_id.to_string();
+    match run(&["scontrol", "requeuehold", &id], COMMAND_TIMEOUT) {
+        Ok(_) => Ok(()),
+        // Already requeued (the nodes' DOWN did it): holding the pending job is enough.
+        Err(_) => run(&["scontrol", "hold", &id], COMMAND_TIMEOUT).map(|_| ()),
+    }
 }
 
 /// Makes text one bounded line (scontrol arguments and reasons are single-line).

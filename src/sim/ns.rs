@@ -1573,8 +1573,9 @@ fn keeper_setup(vm_dir: &Path, spec: &VmSpec, log: &InitLog) -> Result<(), Strin
     .map_err(|e| format!("write {KEEPER_FILE}: {e}"))
 }
 
-/// New time namespace whose boot time is ~1 s ago, so uptime starts near zero like a newly
-/// booted VM. Kernels without time namespaces just keep the host's uptime.
+/// New time namespace whose boot time is now (uptime starts below 1 s), like a newly booted
+/// VM. Not earlier: slurmctld ignores a registration whose boot time precedes its power-up
+/// request ("Still waiting for boot of node"). Kernels without time namespaces just keep the host's uptime.
 fn enter_fresh_time_ns(log: &InitLog) -> bool {
     // SAFETY: unshare has no memory arguments.
     if unsafe { libc::unshare(libc::CLONE_NEWTIME) } != 0 {
@@ -1592,7 +1593,7 @@ fn enter_fresh_time_ns(log: &InitLog) -> bool {
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     if ts.tv_sec > 1 {
         // Offsets must be written before any process is in the namespace.
-        let line = format!("boottime {} 0\n", -(ts.tv_sec - 1));
+        let line = format!("boottime {} 0\n", -ts.tv_sec);
         if let Err(e) = fs::write("/proc/self/timens_offsets", line) {
             log.line(&format!("timens_offsets: {e}"));
         }
