@@ -280,15 +280,24 @@ fn provision_and_register(
 }
 
 /// Waits (up to a few seconds) until slurmctld's power-save thread has asked for the nodes'
-/// power-up: it runs about once a second after the allocation, and a registration whose
-/// boot time precedes that request is ignored ("Still waiting for boot of node"), so a VM
-/// must not boot before it.
+/// power-up (POWERING_UP): it runs about once a second after the allocation, and from then
+/// on a registration whose boot time precedes that request is ignored ("Still waiting for
+/// boot of node"), so the VMs must boot after it. A VM that registered before it would be
+/// accepted, but that race is not worth relying on.
 fn wait_power_up_requested(nodes: &[String]) {
     let start = Instant::now();
     let list = nodes.join(",");
     while start.elapsed() < Duration::from_secs(5) {
         match slurm::nodes(&list) {
-            Ok(info) if info.iter().all(|n| !n.has("POWERED_DOWN")) => return,
+            // POWERING_UP carries the request's time; a node that is not power-saved at
+            // all (no POWERED_DOWN/POWER_UP) will never get it.
+            Ok(info)
+                if info.iter().all(|n| {
+                    n.has("POWERING_UP") || !(n.has("POWERED_DOWN") || n.has("POWER_UP"))
+                }) =>
+            {
+                return
+            }
             Ok(_) => std::thread::sleep(Duration::from_millis(100)),
             Err(e) => {
                 log::warn!("cannot read node states before provisioning: {e}");
