@@ -20,7 +20,9 @@ job_suspended() { [ "$(job_state "$job")" = SUSPENDED ]; }
 scontrol suspend "$job" || fail "scontrol suspend $job failed"
 wait_until 15 job_suspended || fail "job $job is $(job_state "$job"), not SUSPENDED"
 wait_until 15 vm_suspended || fail "VM $vm of job $job is $(vm_state), not SUSPENDED (5/0), 15 s after scontrol suspend"
-slurm-one status --job "$job" | grep -q suspended || fail "the table does not record the suspension: $(slurm-one status --job "$job")"
+table_suspended() { slurm-one status --job "$job" | grep -q suspended; }
+# The loop records the suspension once every VM of the job settled, just after the VM flips.
+wait_until 10 table_suspended || fail "the table does not record the suspension: $(slurm-one status --job "$job")"
 before=$(wc -l <"$out")
 sleep 10
 after=$(wc -l <"$out")
