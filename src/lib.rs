@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod dynamic;
 pub mod hooks;

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -106,36 +105,10 @@ enum DriverKind {
     Ns,
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    let handler: extern "C" fn(libc::c_int) = on_signal;
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            libc::signal(sig, handler as libc::sighandler_t);
-        }
-    }
-}
-
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match slurm_one::cli::parse_args("one-sim") {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            // One line: clap's first, then where to look.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "one-sim: {} (see one-sim --help)",
-                first.trim_start_matches("error: ")
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     if let Some(Command::VmInit { vm_dir }) = &cli.command {
         return ExitCode::from(u8::try_from(ns::vm_init_main(vm_dir)).unwrap_or(1));
@@ -262,7 +235,7 @@ fn run(cli: Cli) -> Result<(), config::SimError> {
     };
     let server = Server::bind(addr, Arc::clone(&sim)).map_err(|e| SimError::Listen(addr, e))?;
     let bound = server.local_addr().map_err(|e| SimError::Listen(addr, e))?;
-    install_signal_handlers();
+    slurm_one::cli::install_stop_handler();
     let engine = sim.spawn_engine();
     println!("one-sim listening on http://{bound}/RPC2");
     use std::io::Write as _;
@@ -277,7 +250,7 @@ fn run(cli: Cli) -> Result<(), config::SimError> {
     );
 
     server
-        .run(&|| STOP.load(Ordering::SeqCst))
+        .run(&slurm_one::cli::stopping)
         .map_err(|e| SimError::Listen(addr, e))?;
 
     sim.request_stop();

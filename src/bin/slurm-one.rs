@@ -109,18 +109,9 @@ enum Cmd {
 struct Failure(u8, String);
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match slurm_one::cli::parse_args("slurm-one") {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "slurm-one: {} (see slurm-one --help)",
-                first.trim_start_matches("error: ")
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -278,9 +269,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             let lock = cfg.cluster.database.with_extension("reconcile.lock");
             let _held = admin::single_instance(&lock).map_err(fail(1))?;
-            install_stop_handler();
+            slurm_one::cli::install_stop_handler();
             log::info!("reconcile loop: one pass every {interval:?}, grace {grace:?}");
-            while !stopping() {
+            while !slurm_one::cli::stopping() {
                 match engine.reconcile(slurm, grace, dry_run) {
                     Ok(r) => log::info!(
                         "reconcile pass: {} drifts, {} errors, {} young VMs",
@@ -292,7 +283,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     Err(e) => log::error!("reconcile pass failed: {e}"),
                 }
                 let until = std::time::Instant::now() + interval;
-                while std::time::Instant::now() < until && !stopping() {
+                while std::time::Instant::now() < until && !slurm_one::cli::stopping() {
                     if !no_slurm && !dry_run {
                         follow_suspensions(&engine);
                     }
@@ -334,24 +325,4 @@ fn print_report(report: &slurm_one::provision::ReconcileReport, dry_run: bool) {
         report.errors.len(),
         report.young
     );
-}
-
-static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-fn stopping() -> bool {
-    STOP.load(std::sync::atomic::Ordering::SeqCst)
-}
-
-extern "C" fn on_stop(_: libc::c_int) {
-    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
-fn install_stop_handler() {
-    let handler: extern "C" fn(libc::c_int) = on_stop;
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            libc::signal(sig, handler as libc::sighandler_t);
-        }
-    }
 }
