@@ -51,7 +51,7 @@ pub const CONTEXT_DIR: &str = "/run/one-context";
 /// `context.sh` inside every VM (`KEY='value'` lines, as oned writes them). The same
 /// content is also at `context.sh.local` and `context.sh.network` beside it, the names
 /// one-context leaves in its runtime directory on a real guest.
-pub const CONTEXT_FILE: &str = "/run/one-context/context.sh";
+pub use crate::options::CONTEXT_FILE;
 
 /// `PATH` given to the keeper, the start script and nothing else.
 const SANE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -29,8 +29,9 @@ use std::io;
 use std::path::PathBuf;
 
 use slurm_one::config::{Config, ConfigError};
-use slurm_one::options::{self, IdentityError, OptionError, CPU_SHARE_VAR, TEMPLATE_VAR};
-use slurm_one::sim::ns::CONTEXT_FILE;
+use slurm_one::options::{
+    self, IdentityError, OptionError, CONTEXT_FILE, CPU_SHARE_VAR, TEMPLATE_VAR,
+};
 use slurm_spank::{spank_log_error, spank_log_user, Context, Plugin, SpankHandle, SpankOption};
 
 mod version {
