@@ -255,6 +255,12 @@ fn provision_and_register(
         template,
     };
     wait_power_up_requested(cloud);
+    // Which slurmd each node last heard from: only a registration after this one is from
+    // the new VM (a stale VM's slurmd may have registered under the name in between jobs).
+    let before: Vec<(String, Option<String>)> = slurm::nodes(&cloud.join(","))?
+        .into_iter()
+        .map(|n| (n.name, n.slurmd_start))
+        .collect();
     let up = Provisioner::new(cfg, one, db).provision(&request)?;
     let addrs: Vec<(String, String)> = up
         .iter()
@@ -266,7 +272,7 @@ fn provision_and_register(
     if !addrs.is_empty() {
         slurm::set_node_addrs(&addrs)?;
     }
-    let result = wait_registered(cfg, cloud);
+    let result = wait_registered(cfg, cloud, &before);
     if result.is_err() {
         // The VMs are up but useless to SLURM: do not leave them running.
         let _ = Provisioner::new(cfg, one, db).teardown(job_id);
@@ -308,8 +314,13 @@ fn wait_power_up_requested(nodes: &[String]) {
     log::warn!("nodes {list} still not powering up after 5 s; provisioning anyway");
 }
 
-/// Waits until no node of the job is still powering up (its slurmd registered).
-fn wait_registered(cfg: &Config, nodes: &[String]) -> Result<(), HookError> {
+/// Waits until every node of the job is up with a slurmd other than the one it had
+/// `before` the VMs were made: not powering up, responding, and a new SlurmdStartTime.
+fn wait_registered(
+    cfg: &Config,
+    nodes: &[String],
+    before: &[(String, Option<String>)],
+) -> Result<(), HookError> {
     let start = Instant::now();
     let list = nodes.join(",");
     let pause = cfg
@@ -320,7 +331,15 @@ fn wait_registered(cfg: &Config, nodes: &[String]) -> Result<(), HookError> {
         let info = slurm::nodes(&list)?;
         let waiting: Vec<&str> = info
             .iter()
-            .filter(|n| n.has("POWERING_UP") || n.has("NOT_RESPONDING") || n.has("POWERED_DOWN"))
+            .filter(|n| {
+                let old_slurmd = before
+                    .iter()
+                    .any(|(name, start)| *name == n.name && *start == n.slurmd_start);
+                old_slurmd
+                    || n.has("POWERING_UP")
+                    || n.has("NOT_RESPONDING")
+                    || n.has("POWERED_DOWN")
+            })
             .map(|n| n.name.as_str())
             .collect();
         if waiting.is_empty() {

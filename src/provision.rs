@@ -188,11 +188,24 @@ pub struct TeardownReport {
     pub rows_removed: usize,
 }
 
+/// A job SLURM still has in a live state (pending, configuring, running, suspended,
+/// completing...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveJob {
+    /// RUNNING or SUSPENDED: its PrologSlurmctld has ended, so its VMs should be up.
+    pub started: bool,
+    /// The nodes it holds now (none while pending or requeued); `None` when the list could
+    /// not be read (then any node may be its).
+    pub nodes: Option<BTreeSet<String>>,
+}
+
+/// Live jobs by id.
+pub type LiveJobs = BTreeMap<u32, LiveJob>;
+
 /// SLURM's view, as reconcile needs it. A trait so tests can drive it.
 pub trait SlurmView {
-    /// Ids of the jobs SLURM still has in a live state (pending, running, suspended,
-    /// completing...), or `None` when SLURM cannot be asked (then the table is trusted).
-    fn live_jobs(&self) -> Result<Option<BTreeSet<u32>>, String>;
+    /// The live jobs, or `None` when SLURM cannot be asked (then the table is trusted).
+    fn live_jobs(&self) -> Result<Option<LiveJobs>, String>;
 
     /// Cloud nodes left DOWN by slurm-one or a ResumeTimeout and not already powering
     /// down: candidates to return to the pool once no VM is mapped to them.
@@ -258,6 +271,16 @@ pub enum Drift {
     StuckNode {
         /// Node.
         node: String,
+    },
+    /// A job SLURM started while its rows say the VMs were never finished: its prolog was
+    /// killed mid-provision (slurmctld 22.05 counts a prolog killed by a signal as a
+    /// success). Its nodes are set DOWN → POWER_DOWN so SLURM requeues or fails the job;
+    /// the epilog then ends the VMs.
+    UnreadyStart {
+        /// Job.
+        job_id: u32,
+        /// Its nodes whose VMs were not ready.
+        nodes: Vec<String>,
     },
     /// A VM of a live job that the table lost: its row is rebuilt from the tags.
     MissingRow {
@@ -601,10 +624,19 @@ impl<'a> Provisioner<'a> {
         let hi = created.values().max().copied().unwrap_or(0);
         let range = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
         loop {
-            let pool = self
-                .one
-                .vm_pool_range(true, range(lo), range(hi))
-                .map_err(|source| ProvisionError::Poll { job_id, source })?;
+            let pool = match self.one.vm_pool_range(true, range(lo), range(hi)) {
+                Ok(pool) => pool,
+                // The VMs exist: an OpenNebula that is away for a moment (a restart) is
+                // waited for until the boot deadline, not taken as a failed job.
+                Err(e)
+                    if e.is_transport() && start.elapsed() + p.poll_interval < p.boot_timeout =>
+                {
+                    log::warn!("job {job_id}: {e}; still waiting for the VMs");
+                    std::thread::sleep(p.poll_interval.max(Duration::from_secs(1)));
+                    continue;
+                }
+                Err(source) => return Err(ProvisionError::Poll { job_id, source }),
+            };
             let by_id: BTreeMap<u32, &VmInfo> = pool.iter().map(|v| (v.id, v)).collect();
             let mut up = Vec::new();
             let mut pending = Vec::new();
@@ -796,17 +828,19 @@ impl<'a> Provisioner<'a> {
         dry_run: bool,
     ) -> Result<ReconcileReport, ProvisionError> {
         let cluster = self.cluster();
-        let vms = self
-            .one
-            .vm_pool(false)
-            .map_err(|source| ProvisionError::Poll { job_id: 0, source })?;
-        let rows = self.db.all_rows(cluster).map_err(self.mapping(0))?;
+        // SLURM first, then VMs, then rows: a job seen started has no prolog writing any
+        // more, and a VM in the pool already has the row written before its create.
         let live_jobs = slurm
             .live_jobs()
             .map_err(|message| ProvisionError::BadRequest {
                 job_id: 0,
                 message: format!("cannot ask SLURM for live jobs: {message}"),
             })?;
+        let vms = self
+            .one
+            .vm_pool(false)
+            .map_err(|source| ProvisionError::Poll { job_id: 0, source })?;
+        let rows = self.db.all_rows(cluster).map_err(self.mapping(0))?;
         let now = unix_now();
         let grace_s = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
         let mut report = ReconcileReport::default();
@@ -825,9 +859,13 @@ impl<'a> Provisioner<'a> {
             .collect();
         let row_vm_ids: BTreeSet<u32> = rows.iter().filter_map(|r| r.vm_id).collect();
         let row_tags: BTreeSet<&str> = rows.iter().map(|r| r.request_tag.as_str()).collect();
-        let job_live = |job: u32| match &live_jobs {
-            Some(jobs) => jobs.contains(&job),
-            None => rows.iter().any(|r| r.job_id == job),
+        // A VM or row is owned when its job still holds its node: a requeued job that
+        // starts again elsewhere (or waits) does not keep what its killed attempt made.
+        let holds = |job: u32, node: &str| match &live_jobs {
+            Some(jobs) => jobs
+                .get(&job)
+                .is_some_and(|j| j.nodes.as_ref().is_none_or(|n| n.contains(node))),
+            None => rows.iter().any(|r| r.job_id == job && r.node == node),
         };
 
         for vm in &ours {
@@ -841,7 +879,10 @@ impl<'a> Provisioner<'a> {
                     .user
                     .get(tags::REQUEST_TAG)
                     .is_some_and(|t| row_tags.contains(t.as_str()));
-            let owned = job.is_some_and(&job_live);
+            let owned = match (job, &node) {
+                (Some(j), Some(n)) => holds(j, n),
+                _ => false,
+            };
             if owned && recorded {
                 continue;
             }
@@ -924,7 +965,7 @@ impl<'a> Provisioner<'a> {
             if lost_state.is_none() && !never_made {
                 continue;
             }
-            let live = job_live(row.job_id) && live_jobs.is_some();
+            let live = live_jobs.is_some() && holds(row.job_id, &row.node);
             match (row.vm_id, &lost_state) {
                 (Some(vm_id), Some(state)) if live => report.drifts.push(Drift::LostVm {
                     job_id: row.job_id,
@@ -969,6 +1010,38 @@ impl<'a> Provisioner<'a> {
                 report
                     .errors
                     .push(format!("job {} node {}: {e}", row.job_id, row.node));
+            }
+        }
+
+        if let Some(jobs) = &live_jobs {
+            let mut unready: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+            for row in &rows {
+                let started = jobs.get(&row.job_id).is_some_and(|j| j.started);
+                if started
+                    && matches!(row.state, RowState::Creating | RowState::Booting)
+                    && holds(row.job_id, &row.node)
+                {
+                    unready
+                        .entry(row.job_id)
+                        .or_default()
+                        .push(row.node.clone());
+                }
+            }
+            for (job_id, nodes) in unready {
+                report.drifts.push(Drift::UnreadyStart {
+                    job_id,
+                    nodes: nodes.clone(),
+                });
+                if dry_run {
+                    continue;
+                }
+                let reason = format!(
+                    "slurm-one: job {job_id} started before its VMs were ready (its prolog was killed)"
+                );
+                log::warn!("reconcile: {reason}; nodes {}", nodes.join(","));
+                if let Err(e) = slurm.fail_nodes(&nodes, &reason) {
+                    report.errors.push(format!("job {job_id}: {e}"));
+                }
             }
         }
 

@@ -6,7 +6,7 @@ use std::io::Read as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::provision::{SlurmView, StuckNode};
+use crate::provision::{LiveJob, LiveJobs, SlurmView, StuckNode};
 
 /// Default bound on one SLURM command.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -223,6 +223,8 @@ pub struct NodeInfo {
     pub addr: String,
     /// Reason, if any.
     pub reason: Option<String>,
+    /// SlurmdStartTime as slurmctld prints it (`None` before any slurmd registered).
+    pub slurmd_start: Option<String>,
 }
 
 impl NodeInfo {
@@ -247,6 +249,9 @@ pub fn parse_nodes(text: &str) -> Vec<NodeInfo> {
                     .collect(),
                 addr: get(&kv, "NodeAddr").unwrap_or("").to_string(),
                 reason: get(&kv, "Reason").map(str::to_string),
+                slurmd_start: get(&kv, "SlurmdStartTime")
+                    .filter(|t| *t != "None")
+                    .map(str::to_string),
             }
         })
         .collect()
@@ -336,14 +341,27 @@ const FINISHED_STATES: &[&str] = &[
     "TIMEOUT",
 ];
 
-/// Parses `squeue --noheader --format="%A %T"` output into the live job ids.
-pub fn parse_live_jobs(text: &str) -> BTreeSet<u32> {
+/// Parses `squeue --noheader --format="%A %T %N"` output into the live jobs and the nodes
+/// each holds. A pending or requeued job prints no node list: it holds none, so whatever an
+/// earlier attempt of it left behind is not its any more. A node list that does not expand
+/// is kept as unknown (`None`): the job is trusted with any node rather than losing its VMs.
+pub fn parse_live_jobs(text: &str) -> LiveJobs {
     text.lines()
         .filter_map(|l| {
             let mut it = l.split_whitespace();
             let id = it.next()?.parse().ok()?;
             let state = it.next().unwrap_or("");
-            (!FINISHED_STATES.contains(&state)).then_some(id)
+            if FINISHED_STATES.contains(&state) {
+                return None;
+            }
+            let nodes = match it.next() {
+                None => Some(BTreeSet::new()),
+                Some(list) => expand_hostlist(list)
+                    .ok()
+                    .map(|n| n.into_iter().collect::<BTreeSet<String>>()),
+            };
+            let started = matches!(state, "RUNNING" | "SUSPENDED");
+            Some((id, LiveJob { started, nodes }))
         })
         .collect()
 }
@@ -384,13 +402,13 @@ pub fn suspended_jobs() -> Result<BTreeSet<u32>, SlurmError> {
 pub struct SlurmCli;
 
 impl SlurmView for SlurmCli {
-    fn live_jobs(&self) -> Result<Option<BTreeSet<u32>>, String> {
+    fn live_jobs(&self) -> Result<Option<LiveJobs>, String> {
         let argv = [
             "squeue",
             "--noheader",
             "--all",
             "--states=all",
-            "--format=%A %T",
+            "--format=%A %T %N",
         ];
         let out = run(&argv, COMMAND_TIMEOUT).map_err(|e| e.to_string())?;
         Ok(Some(parse_live_jobs(&out)))
@@ -428,7 +446,7 @@ impl SlurmView for SlurmCli {
 pub struct NoSlurm;
 
 impl SlurmView for NoSlurm {
-    fn live_jobs(&self) -> Result<Option<BTreeSet<u32>>, String> {
+    fn live_jobs(&self) -> Result<Option<LiveJobs>, String> {
         Ok(None)
     }
 }
@@ -440,9 +458,30 @@ mod tests {
     #[test]
     fn finished_jobs_are_not_live() {
         let jobs = parse_live_jobs(
-            "12 RUNNING\n13 COMPLETED\n14 PENDING\n15 COMPLETING\n16 CANCELLED\nbad line\n",
+            "12 RUNNING vm[1-2]\n13 COMPLETED vm3\n14 PENDING\n15 COMPLETING vm4\n16 CANCELLED\nbad line\n",
         );
-        assert_eq!(jobs, BTreeSet::from([12, 14, 15]));
+        let job = |started, n: &[&str]| LiveJob {
+            started,
+            nodes: Some(n.iter().map(|s| s.to_string()).collect()),
+        };
+        assert_eq!(
+            jobs,
+            LiveJobs::from([
+                (12, job(true, &["vm1", "vm2"])),
+                (14, job(false, &[])),
+                (15, job(false, &["vm4"])),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_node_list_that_does_not_expand_is_unknown_not_empty() {
+        let jobs = parse_live_jobs("7 CONFIGURING vm[3-\n");
+        let unknown = LiveJob {
+            started: false,
+            nodes: None,
+        };
+        assert_eq!(jobs, LiveJobs::from([(7, unknown)]));
     }
 
     #[test]
@@ -477,7 +516,7 @@ mod tests {
 
     #[test]
     fn node_lines_give_state_flags_and_reason() {
-        let text = "NodeName=vm1 Arch=x86_64 CoresPerSocket=1 State=IDLE+CLOUD+POWERED_DOWN ThreadsPerCore=1 NodeAddr=vm1 NodeHostName=vm1 Reason=slurm-one: VM 3 BOOT_FAILURE [root@2026-11-26T07:00:00]\nNodeName=vm2 State=ALLOCATED+CLOUD+POWERING_UP NodeAddr=10.77.0.3\n";
+        let text = "NodeName=vm1 Arch=x86_64 CoresPerSocket=1 State=IDLE+CLOUD+POWERED_DOWN ThreadsPerCore=1 NodeAddr=vm1 NodeHostName=vm1 SlurmdStartTime=None Reason=slurm-one: VM 3 BOOT_FAILURE [root@2026-11-26T07:00:00]\nNodeName=vm2 State=ALLOCATED+CLOUD+POWERING_UP NodeAddr=10.77.0.3 SlurmdStartTime=2026-11-26T10:29:30\n";
         let nodes = parse_nodes(text);
         assert_eq!(nodes.len(), 2);
         assert!(nodes[0].has("POWERED_DOWN") && nodes[0].has("CLOUD"));
@@ -487,6 +526,8 @@ mod tests {
         );
         assert!(nodes[1].has("POWERING_UP"));
         assert_eq!(nodes[1].addr, "10.77.0.3");
+        assert_eq!(nodes[0].slurmd_start, None);
+        assert_eq!(nodes[1].slurmd_start.as_deref(), Some("2026-11-26T10:29:30"));
     }
 
     #[test]

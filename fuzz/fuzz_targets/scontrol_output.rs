@@ -81,8 +81,8 @@ fn nodes(text: &str) {
 }
 
 fn live(text: &str) {
-    let ids = parse_live_jobs(text);
-    for id in &ids {
+    let jobs = parse_live_jobs(text);
+    for id in jobs.keys() {
         assert!(
             text.lines()
                 .any(|l| l.split_whitespace().next().and_then(|t| t.parse().ok()) == Some(*id)),

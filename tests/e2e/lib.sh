@@ -155,6 +155,9 @@ expand() { scontrol show hostnames "$1"; }
 #                                  id state lcm job node memory vcpu cpu ip
 #   fault_add METHOD NTH CODE MSG  sim.fault.add
 #   fault_clear                    sim.fault.clear
+#   fault_delay METHOD MILLIS      sim.fault.delay (every call of METHOD, until fault_clear)
+#   hosts_full true|false          sim.fault.hosts_full (new VMs stay PENDING)
+#   vm_fail ID LCM_STATE           sim.vm.fail (e.g. BOOT_FAILURE)
 one_py() {
     python3 - "$SLURM_ONE_CONFIG" "$@" <<'EOF'
 import sys, tomllib, xmlrpc.client
@@ -184,6 +187,12 @@ elif cmd == "fault_add":
     check(one.sim.fault.add(session, args[0], int(args[1]), int(args[2]), args[3]))
 elif cmd == "fault_clear":
     check(one.sim.fault.clear(session))
+elif cmd == "fault_delay":
+    check(one.sim.fault.delay(session, args[0], int(args[1])))
+elif cmd == "hosts_full":
+    check(one.sim.fault.hosts_full(session, args[0] == "true"))
+elif cmd == "vm_fail":
+    check(one.sim.vm.fail(session, int(args[0]), args[1]))
 else:
     sys.exit(f"one_py: unknown command {cmd}")
 EOF
@@ -206,6 +215,11 @@ all_vms_done() {
 table_rows() {
     if [ $# -gt 0 ]; then slurm-one status --job "$1"; else slurm-one status; fi | tail -n +2 | sed '/^\s*$/d'
 }
+
+# no_rows JOB / no_live_vms JOB: predicates for wait_until (which runs its command anew each
+# time; a "$(...)" in its arguments would be evaluated only once).
+no_rows() { [ -z "$(table_rows "$1")" ]; }
+no_live_vms() { [ -z "$(live_vms "$1")" ]; }
 
 # --- invariant -----------------------------------------------------------------------
 
@@ -247,3 +261,33 @@ vm_netns() {
 # log_since FILE LINE: lines of FILE after line number LINE.
 log_lines() { wc -l <"$1" 2>/dev/null || echo 0; }
 log_since() { tail -n +"$(($2 + 1))" "$1" 2>/dev/null; }
+
+# --- the slurm-one config the hooks read ---------------------------------------------
+
+# config_set SECTION KEY VALUE: sets `KEY = VALUE` (VALUE is TOML, e.g. '"5s"' or 2) in
+# [SECTION] of $SLURM_ONE_CONFIG; every hook run reads it anew. The first call saves the
+# original, which config_restore (call it in the case's EXIT trap) puts back.
+config_set() {
+    [ -f "$SLURM_ONE_CONFIG.e2e-orig" ] || cp -p "$SLURM_ONE_CONFIG" "$SLURM_ONE_CONFIG.e2e-orig"
+    python3 - "$SLURM_ONE_CONFIG" "$1" "$2" "$3" <<'EOF'
+import re, sys
+path, section, key, value = sys.argv[1:]
+text = open(path).read()
+m = re.search(r"(?m)^\[" + re.escape(section) + r"\]\n", text)
+if not m:
+    sys.exit(f"config_set: no [{section}] in {path}")
+end = re.compile(r"(?m)^\[").search(text, m.end())
+end = end.start() if end else len(text)
+body = text[m.end():end]
+line = f"{key} = {value}\n"
+body, n = re.subn(r"(?m)^" + re.escape(key) + r"\s*=.*\n", lambda _: line, body)
+if n == 0:
+    body = line + body
+open(path, "w").write(text[:m.end()] + body + text[end:])
+EOF
+}
+
+# config_restore: puts back the config config_set saved (no-op when nothing was changed).
+config_restore() {
+    if [ -f "$SLURM_ONE_CONFIG.e2e-orig" ]; then mv -f "$SLURM_ONE_CONFIG.e2e-orig" "$SLURM_ONE_CONFIG"; fi
+}

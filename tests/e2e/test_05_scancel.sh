@@ -15,6 +15,6 @@ state=$(wait_ended "$job" 30) || exit 1
 [ "$state" = CANCELLED ] || fail "job $job ended $state after scancel"
 wait_until 60 all_vms_done "$job" || fail "VMs of job $job not DONE 60s after scancel: $(vms_of "$job")"
 log "VMs DONE $((SECONDS - t0))s after scancel"
-wait_until 30 test -z "$(table_rows "$job")" || fail "rows of job $job left: $(table_rows "$job")"
+wait_until 30 no_rows "$job" || fail "rows of job $job left: $(table_rows "$job")"
 why=$(assert_clean 60) || fail "$why"
 log "clean $((SECONDS - t0))s after scancel"

@@ -12,4 +12,4 @@ state=$(wait_ended "$job" 120) || exit 1
 log "job $job ended $state $((SECONDS - t0))s after it started RUNNING"
 [ "$state" = TIMEOUT ] || fail "job $job ended $state, not TIMEOUT: $(job_summary "$job")"
 wait_until 60 all_vms_done "$job" || fail "VMs of job $job not DONE 60s after TIMEOUT: $(vms_of "$job")"
-wait_until 30 test -z "$(table_rows "$job")" || fail "rows of job $job left: $(table_rows "$job")"
+wait_until 30 no_rows "$job" || fail "rows of job $job left: $(table_rows "$job")"

@@ -48,5 +48,5 @@ FAILED | NODE_FAIL | BOOT_FAIL) ;;
 *) fail "job $job went $noticed after its VM died: $(job_summary "$job")" ;;
 esac
 scancel "$job" 2>/dev/null
-wait_until 60 test -z "$(live_vms "$job")" || fail "VMs of job $job still not DONE: $(vms_of "$job")"
-wait_until 30 test -z "$(table_rows "$job")" || fail "rows of job $job left: $(table_rows "$job")"
+wait_until 60 no_live_vms "$job" || fail "VMs of job $job still not DONE: $(vms_of "$job")"
+wait_until 30 no_rows "$job" || fail "rows of job $job left: $(table_rows "$job")"

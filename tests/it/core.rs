@@ -1,6 +1,7 @@
 //! The core library against one-sim (dummy driver): provisioning sized right, teardown,
 //! rollbacks, credentials and reachability errors, hostile text, reconcile.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use slurm_one::one::client::{Client, ClientSettings, OneError, VmInfo};
 use slurm_one::one::states::{LcmState, VmState};
 use slurm_one::one::xmlrpc::Value;
 use slurm_one::provision::{
-    Drift, JobRequest, NodeRequest, ProvisionError, Provisioner, SlurmView,
+    Drift, JobRequest, LiveJob, LiveJobs, NodeRequest, ProvisionError, Provisioner, SlurmView,
 };
 
 use crate::util::{poll_until, Opts, Sim, SESSION};
@@ -438,11 +439,43 @@ fn sim_call(url: &str, method: &str, params: &[Value]) -> bool {
     )
 }
 
-struct FakeSlurm(BTreeSet<u32>);
+/// SLURM as reconcile sees it: live jobs and the nodes each holds.
+struct FakeSlurm(LiveJobs, RefCell<Vec<String>>);
+
+impl FakeSlurm {
+    /// Jobs running on these nodes (a job with no nodes is pending).
+    fn holding(jobs: &[(u32, &[&str])]) -> Self {
+        FakeSlurm(
+            jobs.iter()
+                .map(|(id, nodes)| {
+                    let job = LiveJob {
+                        started: !nodes.is_empty(),
+                        nodes: Some(nodes.iter().map(|n| n.to_string()).collect()),
+                    };
+                    (*id, job)
+                })
+                .collect(),
+            RefCell::new(Vec::new()),
+        )
+    }
+
+    /// The same jobs, still configuring (their prologs at work).
+    fn configuring(mut self) -> Self {
+        self.0.values_mut().for_each(|j| j.started = false);
+        self
+    }
+}
 
 impl SlurmView for FakeSlurm {
-    fn live_jobs(&self) -> Result<Option<BTreeSet<u32>>, String> {
+    fn live_jobs(&self) -> Result<Option<LiveJobs>, String> {
         Ok(Some(self.0.clone()))
+    }
+
+    fn fail_nodes(&self, nodes: &[String], reason: &str) -> Result<(), String> {
+        self.1
+            .borrow_mut()
+            .push(format!("{} {reason}", nodes.join(",")));
+        Ok(())
     }
 }
 
@@ -462,7 +495,7 @@ fn reconcile_terminates_a_planted_orphan_and_removes_a_planted_stale_row() {
     s.db.set_vm("stale-tag", 4242, RowState::Running).unwrap();
     assert!(poll_until(Duration::from_secs(5), || vm(&s, orphan).running()));
 
-    let slurm = FakeSlurm(BTreeSet::from([21]));
+    let slurm = FakeSlurm::holding(&[(21, &["vm1"])]);
     let dry = engine.reconcile(&slurm, Duration::ZERO, true).unwrap();
     assert_eq!(dry.drifts.len(), 2, "{dry:?}");
     assert!(vm(&s, orphan).running(), "dry run changed something");
@@ -502,7 +535,7 @@ fn reconcile_spares_young_orphans_and_rebuilds_lost_rows() {
     let young = sim.allocate(
         "MEMORY=64\nCPU=0.1\nSLURM_CLUSTER=\"it\"\nSLURM_JOB_ID=\"97\"\nSLURM_NODE=\"vm7\"\n",
     ) as u32;
-    let slurm = FakeSlurm(BTreeSet::from([22]));
+    let slurm = FakeSlurm::holding(&[(22, &["vm1"])]);
     let report = engine
         .reconcile(&slurm, Duration::from_secs(3600), false)
         .unwrap();
@@ -522,6 +555,116 @@ fn reconcile_spares_young_orphans_and_rebuilds_lost_rows() {
     assert_eq!(rows[0].vm_id, Some(up[0].vm_id));
     assert!(poll_until(Duration::from_secs(5), || vm(&s, young).state
         == VmState::Done));
+}
+
+#[test]
+fn reconcile_ends_what_a_killed_attempt_left_once_the_job_no_longer_holds_the_node() {
+    let sim = Sim::start(Opts::dummy());
+    let s = setup(&sim);
+    let engine = Provisioner::new(&s.cfg, &s.client, &s.db);
+    // The attempt that was killed after its VMs came up: rows and VMs on vm1 and vm2.
+    let left = engine
+        .provision(&job(23, &["vm1", "vm2"], 1, None, None))
+        .unwrap();
+    // While the job still holds the nodes (a prolog at work), nothing is touched.
+    let slurm = FakeSlurm::holding(&[(23, &["vm1", "vm2"])]).configuring();
+    let report = engine.reconcile(&slurm, Duration::ZERO, false).unwrap();
+    assert!(report.drifts.is_empty(), "{report:?}");
+    // Requeued and started again on vm2 and vm3: vm1's VM is no longer the job's.
+    let slurm = FakeSlurm::holding(&[(23, &["vm2", "vm3"])]);
+    let report = engine.reconcile(&slurm, Duration::ZERO, false).unwrap();
+    let vm1 = left.iter().find(|n| n.node == "vm1").unwrap().vm_id;
+    let vm2 = left.iter().find(|n| n.node == "vm2").unwrap().vm_id;
+    assert_eq!(
+        report.drifts,
+        vec![Drift::OrphanVm {
+            vm_id: vm1,
+            job_id: Some(23),
+            node: Some("vm1".into())
+        }]
+    );
+    assert!(poll_until(Duration::from_secs(5), || vm(&s, vm1).state
+        == VmState::Done));
+    assert!(vm(&s, vm2).running(), "the node the job holds lost its VM");
+    // Requeued and waiting (it holds no node): the rest goes too.
+    let slurm = FakeSlurm::holding(&[(23, &[])]);
+    let report = engine.reconcile(&slurm, Duration::ZERO, false).unwrap();
+    assert_eq!(report.drifts.len(), 1, "{report:?}");
+    assert!(poll_until(Duration::from_secs(5), || vm(&s, vm2).state
+        == VmState::Done));
+    assert!(s.db.job_rows("it", 23).unwrap().is_empty());
+}
+
+#[test]
+fn reconcile_fails_the_nodes_of_a_job_started_before_its_vms_were_ready() {
+    let sim = Sim::start(Opts::dummy());
+    let s = setup(&sim);
+    let engine = Provisioner::new(&s.cfg, &s.client, &s.db);
+    // A prolog killed before its VMs were ready: rows still booting.
+    engine
+        .provision(&job(24, &["vm1", "vm2"], 1, None, None))
+        .unwrap();
+    for node in ["vm1", "vm2"] {
+        s.db.set_state("it", 24, node, RowState::Booting, None)
+            .unwrap();
+    }
+    // Still configuring: the prolog may be at work, nothing to say.
+    let slurm = FakeSlurm::holding(&[(24, &["vm1", "vm2"])]).configuring();
+    let report = engine
+        .reconcile(&slurm, Duration::from_secs(3600), false)
+        .unwrap();
+    assert!(report.drifts.is_empty(), "{report:?}");
+    // slurmctld started it anyway (a prolog killed by a signal counts as a success).
+    let slurm = FakeSlurm::holding(&[(24, &["vm1", "vm2"])]);
+    let report = engine
+        .reconcile(&slurm, Duration::from_secs(3600), false)
+        .unwrap();
+    assert_eq!(
+        report.drifts,
+        vec![Drift::UnreadyStart {
+            job_id: 24,
+            nodes: vec!["vm1".into(), "vm2".into()]
+        }]
+    );
+    let failed = slurm.1.borrow();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].starts_with("vm1,vm2 slurm-one: job 24 started before its VMs were ready"),
+        "{failed:?}"
+    );
+}
+
+#[test]
+fn provisioning_waits_out_an_opennebula_restart_while_the_vms_boot() {
+    let mut sim = Sim::start(Opts {
+        boot_delay: "2s",
+        ..Opts::dummy().with_state()
+    });
+    let s = setup(&sim);
+    let watcher = setup(&sim);
+    let worker = std::thread::spawn(move || {
+        let engine = Provisioner::new(&s.cfg, &s.client, &s.db);
+        engine
+            .provision(&job(25, &["vm1", "vm2"], 1, None, None))
+            .map_err(|e| e.to_string())
+    });
+    let listed = |n: usize| {
+        watcher.client.vm_pool(false).is_ok_and(|p| {
+            p.iter()
+                .filter(|v| v.user.get("SLURM_JOB_ID").map(String::as_str) == Some("25"))
+                .count()
+                == n
+        })
+    };
+    assert!(poll_until(Duration::from_secs(10), || listed(2)));
+    sim.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    sim.start_again();
+    let up = worker
+        .join()
+        .expect("no panic")
+        .expect("provisioning carried on");
+    assert_eq!(up.len(), 2);
 }
 
 #[test]

@@ -231,9 +231,10 @@ impl Sim {
     }
 
     fn args(&self) -> Vec<String> {
+        // A restart listens where the first start did, as oned comes back on its port.
         let mut a: Vec<String> = vec![
             "--listen".into(),
-            "127.0.0.1:0".into(),
+            self.addr.to_string(),
             "--auth-file".into(),
             self.dir.path().join("auth").display().to_string(),
             "--driver".into(),

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# PrologSlurmctld SIGKILLed mid-provision (its VMs created, not yet seen running). slurmctld
+# 22.05 counts a prolog killed by a signal as a success and starts the job on nodes whose
+# VMs were never finished; the reconcile loop must notice (rows still "booting" under a
+# started job), fail the nodes so SLURM requeues the job, and the killed attempt's VMs must
+# be terminated within orphan_grace + one reconcile round; the job then runs to completion.
+set -uo pipefail
+source "$(dirname "$0")/lib.sh"
+case_begin
+trap 'one_py fault_clear; cancel_my_jobs' EXIT
+
+grace=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["provisioning"]["orphan_grace"])' "$SLURM_ONE_CONFIG")
+grace_s=$(python3 -c 'import sys; t = sys.argv[1]; print(int(t[:-1]) * (60 if t.endswith("m") else 1))' "$grace")
+round_s=10 # scripts/cluster runs the loop with --interval 10s
+
+# Each pool poll takes 4 s: the prolog is still waiting for its first poll (rows "booting")
+# when the hooks' log says its VMs were created.
+one_py fault_delay one.vmpool.infoextended 4000 || fail "sim.fault.delay failed"
+mark=$(log_lines "$E2E_LOG")
+job=$(submit -N2 -o /dev/null --wrap "sleep 1") || fail "sbatch failed"
+both_created() { [ "$(log_since "$E2E_LOG" "$mark" | grep -cE "job $job, node vm[0-9]+: VM [0-9]+ created")" -eq 2 ]; }
+wait_until 60 both_created || fail "the prolog did not create 2 VMs within 60s: $(job_summary "$job")"
+prolog=$(pgrep -f "^$E2E_DEV/bin/slurm-one-prolog") || fail "VMs of job $job exist but no prolog runs"
+# shellcheck disable=SC2086
+kill -KILL $prolog
+killed_at=$SECONDS
+one_py fault_clear || fail "sim.fault.clear failed"
+made=$(log_since "$E2E_LOG" "$mark" | grep -oE "job $job, node vm[0-9]+: VM [0-9]+ created" | awk '{print $6}' | tr '\n' ' ')
+log "killed prolog $prolog of job $job; its VMs: $made; rows: $(table_rows "$job" | tr -s ' \n' ' ;')"
+
+# No human: the killed attempt's VMs end within grace + a round (+ slack for this machine).
+deadline=$((grace_s + round_s + 30))
+attempt_done() {
+    local v id
+    v=$(vms_of "$job") || return 1
+    for id in $made; do
+        awk -v id="$id" '$1 == id && $2 != 6 {bad = 1} END {exit bad}' <<<"$v" || return 1
+    done
+}
+wait_until "$deadline" attempt_done ||
+    fail "VMs of the killed attempt not DONE ${deadline}s after the kill: $(vms_of "$job" | tr '\n' ';')"
+log "killed attempt's VMs DONE $((SECONDS - killed_at))s after the kill"
+ended_by=$(log_since "$E2E_LOG" "$mark" | grep -E "job $job: [0-9]+ rows from an interrupted attempt|orphan VM ($(tr ' ' '|' <<<"${made% }"))[^0-9]|job $job started before its VMs were ready" | head -1)
+[ -n "$ended_by" ] || fail "no log line says who ended the attempt's VMs (next prolog or reconcile)"
+log "ended by: $ended_by"
+
+# The job itself still gets its VMs and completes.
+state=$(wait_ended "$job" 150) || exit 1
+[ "$state" = COMPLETED ] || fail "job $job ended $state: $(job_summary "$job")"
+[ "$(job_field "$job" Restarts)" -ge 1 ] || fail "job $job was not requeued after its prolog was killed"
