@@ -7,18 +7,32 @@
 //! - [`mapping`]: the job↔node↔VM table in SQLite.
 //! - [`sim`]: `one-sim`, an OpenNebula front end of our own (XML-RPC server, VM lifecycle,
 //!   placement, the `dummy` and `ns` drivers, fault injection).
+//!
+//! Only [`config`] and [`options`] are built without the default `engine` feature: that is
+//! all the SPANK plugin, loaded by every `sbatch`, links.
 #![warn(missing_docs)]
 
+#[cfg(feature = "engine")]
 pub mod admin;
+#[cfg(feature = "engine")]
 pub mod cli;
 pub mod config;
+#[cfg(feature = "engine")]
 pub mod dynamic;
+#[cfg(feature = "engine")]
 pub mod hooks;
+#[cfg(feature = "engine")]
 pub mod logging;
+#[cfg(feature = "engine")]
 pub mod mapping;
+#[cfg(feature = "engine")]
 pub mod one;
 pub mod options;
+#[cfg(feature = "engine")]
 pub mod provision;
+#[cfg(feature = "engine")]
 pub mod render;
+#[cfg(feature = "engine")]
 pub mod sim;
+#[cfg(feature = "engine")]
 pub mod slurm;

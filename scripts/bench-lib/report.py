@@ -60,6 +60,10 @@ def main():
         ratio = "–" if r["ratio"] is None else f"{r['ratio']:.3g}"
         met = {True: "yes", False: "**no**", None: ""}[r["met"]]
         target = (r["target"] or "").replace("<=", "≤")
+        floor = (r.get("params") or {}).get("floor_ratio")
+        if target and floor is not None:
+            # The best any client could reach against this baseline (see the row's params).
+            target += f" (floor {floor:.2g})"
         print(f"| {r['title']} | {fmt(r['figure'], r['units'])} | {fmt(r['baseline'], r['units'])} "
               f"| {ratio} | {target} | {met} |")
     if missing:
