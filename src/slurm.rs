@@ -527,7 +527,10 @@ mod tests {
         assert!(nodes[1].has("POWERING_UP"));
         assert_eq!(nodes[1].addr, "10.77.0.3");
         assert_eq!(nodes[0].slurmd_start, None);
-        assert_eq!(nodes[1].slurmd_start.as_deref(), Some("2026-11-26T10:29:30"));
+        assert_eq!(
+            nodes[1].slurmd_start.as_deref(),
+            Some("2026-11-26T10:29:30")
+        );
     }
 
     #[test]
