@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::config::{read_credentials, Config, TemplateSource};
-use crate::mapping::{MappingDb, Row};
+use crate::mapping::{MappingDb, MappingError, Row};
 use crate::one::client::{Client, ClientSettings, VmInfo};
 
 /// A client for the configured endpoint with the configured credentials.
@@ -24,9 +24,28 @@ pub fn client(cfg: &Config, trace_api: bool) -> Result<Client, crate::config::Co
     ))
 }
 
-/// Opens the configured mapping table.
-pub fn open_db(cfg: &Config) -> Result<MappingDb, crate::mapping::MappingError> {
-    MappingDb::open(&cfg.cluster.database, Duration::from_secs(10))
+/// Busy timeout of every connection to the table.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens the configured mapping table (hooks and every command but reconcile). A corrupt
+/// file fails with [`MappingError::NotADatabase`], naming it; it is left where it is.
+pub fn open_db(cfg: &Config) -> Result<MappingDb, MappingError> {
+    MappingDb::open(&cfg.cluster.database, BUSY_TIMEOUT)
+}
+
+/// Opens the table for one reconcile pass, checking the whole file first. A file SQLite
+/// finds corrupt or not a database is moved aside to `<db>.corrupt-<unix time>` (logged at
+/// error level with both paths) and an empty table started, which the pass refills from
+/// the VMs' tags ([`MappingDb::open_or_set_aside`]); with `dry_run` nothing is moved and
+/// the error is returned. Open it anew for every pass: a connection kept across passes
+/// would go on reading and writing a table that was deleted or replaced meanwhile.
+pub fn open_db_for_reconcile(cfg: &Config, dry_run: bool) -> Result<MappingDb, MappingError> {
+    if dry_run {
+        let db = open_db(cfg)?;
+        db.check_integrity()?;
+        return Ok(db);
+    }
+    MappingDb::open_or_set_aside(&cfg.cluster.database, BUSY_TIMEOUT).map(|(db, _)| db)
 }
 
 fn age(now: i64, then: i64) -> String {
@@ -159,7 +178,10 @@ pub fn check(cfg: &Config) -> Vec<Check> {
     checks.push(Check {
         what: format!("mapping table {}", cfg.cluster.database.display()),
         result: open_db(cfg)
-            .and_then(|db| db.all_rows(&cfg.cluster.name))
+            .and_then(|db| {
+                db.check_integrity()?;
+                db.all_rows(&cfg.cluster.name)
+            })
             .map(|rows| format!("{} rows", rows.len()))
             .map_err(|e| e.to_string()),
     });

@@ -2,7 +2,10 @@
 //!
 //! Owns: the database file (its directory is created 0700, the file is 0600), connection
 //! setup (WAL journal, `synchronous = FULL`, a busy timeout), versioned schema migrations
-//! (`PRAGMA user_version`), and every read and write of the `mapping` table.
+//! (`PRAGMA user_version`), every read and write of the `mapping` table, and telling a
+//! corrupt file ([`MappingError::NotADatabase`]) from other failures. Only reconcile moves
+//! such a file aside and starts afresh ([`MappingDb::open_or_set_aside`]); everyone else
+//! fails with the error, which names the file.
 //!
 //! Does not own: talking to OpenNebula, deciding what a row's state should be (that is
 //! `provision`, `teardown` and `reconcile`), or locking between reconcile passes.
@@ -135,6 +138,8 @@ pub enum Op {
     Configure,
     /// Reading `PRAGMA user_version`.
     ReadSchemaVersion,
+    /// `PRAGMA quick_check` (reconcile checks the whole file before trusting it).
+    QuickCheck,
     /// Applying one schema migration.
     Migrate {
         /// Version the migration brings the schema to.
@@ -227,6 +232,7 @@ impl fmt::Display for Op {
         match self {
             Op::Configure => write!(f, "configuring the connection (busy timeout, WAL)"),
             Op::ReadSchemaVersion => write!(f, "reading the schema version"),
+            Op::QuickCheck => write!(f, "checking its integrity (PRAGMA quick_check)"),
             Op::Migrate { version } => write!(f, "applying schema migration {version}"),
             Op::InsertCreating {
                 cluster,
@@ -326,15 +332,45 @@ pub enum MappingError {
         /// Underlying error.
         source: rusqlite::Error,
     },
-    /// The file is not an SQLite database, or it is corrupt.
-    #[error("{path} is not a usable SQLite database (corrupt or not SQLite) while {op}")]
+    /// The file is not an SQLite database, or SQLite found it corrupt (`SQLITE_NOTADB`,
+    /// `SQLITE_CORRUPT`, or problems reported by `PRAGMA quick_check`). Hooks and the CLI
+    /// fail with it; only reconcile ([`MappingDb::open_or_set_aside`]) moves the file aside.
+    #[error(
+        "mapping database {path} is corrupt or not an SQLite database ({reason}) while {op}; \
+         `slurm-one reconcile` moves it aside and rebuilds the rows of live jobs from the VMs' tags"
+    )]
     NotADatabase {
         /// Database path.
         path: PathBuf,
         /// Step that found out.
         op: Box<Op>,
+        /// What SQLite said ("file is not a database", "database disk image is
+        /// malformed", or the first problems `quick_check` listed).
+        reason: String,
+        /// Underlying error (`None` when `quick_check` reported the problems as rows).
+        source: Option<rusqlite::Error>,
+    },
+    /// Reconcile could not move a corrupt database (or its `-wal`/`-shm`) out of the way.
+    #[error("moving the corrupt mapping database {from} aside to {to}")]
+    MoveAside {
+        /// File being moved.
+        from: PathBuf,
+        /// Where it was going.
+        to: PathBuf,
         /// Underlying error.
-        source: rusqlite::Error,
+        source: io::Error,
+    },
+    /// Another reconcile held the recovery lock for longer than the busy timeout.
+    #[error("another process is recovering the corrupt mapping database {path}: lock {lock} held for longer than {timeout:?}")]
+    RecoveryLocked {
+        /// Database path.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+        /// How long this process waited.
+        timeout: Duration,
+        /// Underlying error, when taking the lock failed for another reason.
+        source: Option<io::Error>,
     },
     /// Another process held the lock for longer than the busy timeout.
     #[error("mapping database {path} busy/locked for longer than the {timeout:?} busy timeout while {op}")]
@@ -448,6 +484,121 @@ pub enum MappingError {
     },
 }
 
+impl MappingError {
+    /// True for [`MappingError::NotADatabase`]: the file itself is unusable (corrupt or not
+    /// SQLite), as opposed to busy, missing rows or a failed statement.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, MappingError::NotADatabase { .. })
+    }
+}
+
+/// What SQLite said, without rusqlite's wrapping: "file is not a database", "database disk
+/// image is malformed", ...
+fn sqlite_message(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(err, Some(msg)) if !msg.is_empty() => {
+            format!("{msg}; SQLite code {}", err.extended_code)
+        }
+        other => other.to_string(),
+    }
+}
+
+/// What [`MappingDb::open_or_set_aside`] did with a corrupt file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    /// Where the corrupt file is now; its `-wal`/`-shm`/`-journal`, if there were any, are
+    /// beside it with the same suffixes.
+    pub moved_to: PathBuf,
+    /// Why it was moved: SQLite's complaint and the step that met it.
+    pub reason: String,
+}
+
+/// `<path><suffix>` (the path is a file name; `with_extension` would replace `.db`).
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Files SQLite keeps beside the database; they belong to it and move with it.
+const COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// How often a reconcile retries the recovery lock while another one holds it.
+const RECOVERY_LOCK_RETRY: Duration = Duration::from_millis(50);
+
+/// Takes the exclusive `flock` on `<path>.recover-lock` (created 0600) that serializes
+/// moving a corrupt database aside, waiting up to `timeout`. Held while the returned file
+/// lives.
+fn recovery_lock(path: &Path, timeout: Duration) -> Result<fs::File, MappingError> {
+    use std::os::unix::io::AsRawFd;
+    let lock = with_suffix(path, ".recover-lock");
+    let locked = |source: Option<io::Error>| MappingError::RecoveryLocked {
+        path: path.to_path_buf(),
+        lock: lock.clone(),
+        timeout,
+        source,
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock)
+        .map_err(|e| locked(Some(e)))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        // SAFETY: the fd is valid while `file` lives; flock has no other preconditions.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(file);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::WouldBlock {
+            return Err(locked(Some(err)));
+        }
+        if Instant::now() >= deadline {
+            return Err(locked(None));
+        }
+        thread::sleep(RECOVERY_LOCK_RETRY);
+    }
+}
+
+/// Renames `path` to `<path>.corrupt-<unix time>` (`.1`, `.2`, ... appended if taken), and
+/// each companion file that exists to the new name plus its suffix. Returns the new name.
+fn set_aside(path: &Path) -> Result<PathBuf, MappingError> {
+    let stamp = now();
+    let to = (0u32..)
+        .map(|n| {
+            let suffix = if n == 0 {
+                format!(".corrupt-{stamp}")
+            } else {
+                format!(".corrupt-{stamp}.{n}")
+            };
+            with_suffix(path, &suffix)
+        })
+        .find(|p| fs::symlink_metadata(p).is_err())
+        .unwrap_or_else(|| with_suffix(path, ".corrupt"));
+    let moved = |from: &Path, to: &Path| -> Result<bool, MappingError> {
+        match fs::rename(from, to) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(MappingError::MoveAside {
+                from: from.to_path_buf(),
+                to: to.to_path_buf(),
+                source,
+            }),
+        }
+    };
+    // The companions first: while the corrupt main file is still in place no opener can
+    // start a valid WAL beside it, so only stale files are moved. Once the main file is
+    // gone, openers create a fresh table and its own journal files.
+    for suffix in COMPANIONS {
+        moved(&with_suffix(path, suffix), &with_suffix(&to, suffix))?;
+    }
+    moved(path, &to)?;
+    Ok(to)
+}
+
 /// An open connection to the mapping database. Cheap to open; meant to live for one hook
 /// run or one reconcile pass.
 #[derive(Debug)]
@@ -507,7 +658,25 @@ impl MappingDb {
     /// `busy_timeout` bounds every wait for another process's lock
     /// ([`DEFAULT_BUSY_TIMEOUT`] unless configured).
     pub fn open(path: &Path, busy_timeout: Duration) -> Result<Self, MappingError> {
-        prepare_file(path)?;
+        Self::open_with(path, busy_timeout, true)
+    }
+
+    /// [`MappingDb::open`]; `warn_if_created` says whether creating the file is news (it
+    /// is not right after reconcile moved a corrupt one aside).
+    fn open_with(
+        path: &Path,
+        busy_timeout: Duration,
+        warn_if_created: bool,
+    ) -> Result<Self, MappingError> {
+        if prepare_file(path)? && warn_if_created {
+            // Expected once, on the first start; any later time the table (and the rows
+            // it held) was deleted under us.
+            log::warn!(
+                "mapping database {} did not exist: created it empty (expected on the first start; \
+                 if it held rows, `slurm-one reconcile` rebuilds those of live jobs from the VMs' tags)",
+                path.display()
+            );
+        }
         // No URI parsing: the path is a plain file name.
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
@@ -534,6 +703,71 @@ impl MappingDb {
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Checks the whole file with `PRAGMA quick_check`: a header that opens fine can still
+    /// hide garbage pages, which only a query touching them would meet. Problems are
+    /// reported as [`MappingError::NotADatabase`].
+    pub fn check_integrity(&self) -> Result<(), MappingError> {
+        let op = Op::QuickCheck;
+        let problems: Vec<String> = self
+            .conn
+            .prepare("PRAGMA quick_check(5)")
+            .and_then(|mut stmt| {
+                stmt.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .map_err(|e| self.sql_error(&op, e))?;
+        if problems.len() == 1 && problems[0] == "ok" {
+            return Ok(());
+        }
+        Err(MappingError::NotADatabase {
+            path: self.path.clone(),
+            op: Box::new(op),
+            reason: problems.join("; "),
+            source: None,
+        })
+    }
+
+    /// For reconcile only (hooks and the other commands use [`MappingDb::open`] and fail
+    /// with [`MappingError::NotADatabase`]): opens the database and checks the whole file
+    /// ([`MappingDb::check_integrity`]). A file SQLite calls corrupt or not a database is
+    /// renamed to `<path>.corrupt-<unix time>`, its `-wal`/`-shm` follow it (a stale WAL
+    /// must never meet the new file), the move is logged at error level naming both
+    /// paths, and a fresh, empty table is opened in its place, which the caller refills
+    /// from the VMs' tags. Recoveries are serialized by an `flock` on
+    /// `<path>.recover-lock` (waiting up to `busy_timeout`), and the file is checked again
+    /// under it, so a second reconciler never moves the table the first one just made.
+    pub fn open_or_set_aside(
+        path: &Path,
+        busy_timeout: Duration,
+    ) -> Result<(MappingDb, Option<SetAside>), MappingError> {
+        let open_checked = || {
+            let db = MappingDb::open(path, busy_timeout)?;
+            db.check_integrity()?;
+            Ok::<_, MappingError>(db)
+        };
+        match open_checked() {
+            Err(e) if e.is_corrupt() => log::debug!("{e}; taking the recovery lock"),
+            other => return other.map(|db| (db, None)),
+        }
+        let _lock = recovery_lock(path, busy_timeout)?;
+        let reason = match open_checked() {
+            // Someone else moved it while we waited for the lock.
+            Ok(db) => return Ok((db, None)),
+            Err(MappingError::NotADatabase { reason, op, .. }) => format!("{reason}, while {op}"),
+            Err(e) => return Err(e),
+        };
+        let moved_to = set_aside(path)?;
+        log::error!(
+            "mapping database {} is corrupt or not an SQLite database ({reason}): moved it to {} \
+             and started an empty table; reconcile rebuilds the rows of live jobs from the VMs' tags",
+            path.display(),
+            moved_to.display()
+        );
+        let db = MappingDb::open_with(path, busy_timeout, false)?;
+        db.check_integrity()?;
+        Ok((db, Some(SetAside { moved_to, reason })))
     }
 
     /// Records that a VM is about to be created for (cluster, job, node): a
@@ -1058,7 +1292,12 @@ impl MappingDb {
                 source,
             },
             Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
-                MappingError::NotADatabase { path, op, source }
+                MappingError::NotADatabase {
+                    path,
+                    op,
+                    reason: sqlite_message(&source),
+                    source: Some(source),
+                }
             }
             _ => MappingError::Statement { path, op, source },
         }
@@ -1067,8 +1306,8 @@ impl MappingDb {
 
 /// Creates the directory (0700) and the file (0600) if missing, and restricts an existing
 /// file that group or others can access. SQLite gives its `-wal` and `-shm` files the
-/// database file's mode, so they follow.
-fn prepare_file(path: &Path) -> Result<(), MappingError> {
+/// database file's mode, so they follow. True when it created the file.
+fn prepare_file(path: &Path) -> Result<bool, MappingError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             DirBuilder::new()
@@ -1085,15 +1324,29 @@ fn prepare_file(path: &Path) -> Result<(), MappingError> {
         path: path.to_path_buf(),
         source,
     };
-    // create + no truncate: an existing file (even a corrupt one) is left as it is.
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(create_err)?;
+    // An existing file (even a corrupt one) is opened as it is, never truncated. Creating
+    // and opening are tried in turn, a few times, in case another process deletes or
+    // creates the file in between.
+    let mut attempt = 0;
+    let (file, created) = loop {
+        attempt += 1;
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(f) => break (f, true),
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(create_err(e)),
+            Err(_) => {}
+        }
+        match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => break (f, false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 3 => {}
+            Err(e) => return Err(create_err(e)),
+        }
+    };
     let mode = file.metadata().map_err(create_err)?.permissions().mode();
     if mode & 0o077 != 0 {
         log::warn!(
@@ -1108,7 +1361,7 @@ fn prepare_file(path: &Path) -> Result<(), MappingError> {
             }
         })?;
     }
-    Ok(())
+    Ok(created)
 }
 
 #[cfg(test)]
@@ -1333,9 +1586,234 @@ mod tests {
             "{err}"
         );
 
+        assert!(err.is_corrupt());
+        let msg = err.to_string();
+        assert!(
+            msg.contains("is corrupt or not an SQLite database")
+                && msg.contains("file is not a database")
+                && msg.contains("slurm-one reconcile"),
+            "{msg}"
+        );
+        // Opening never moves or rewrites the file: only reconcile does.
+        assert_eq!(fs::read(&path).expect("read back"), garbage_bytes());
+
         fs::write(&path, b"not sqlite").expect("write short garbage");
         let err = MappingDb::open(&path, DEFAULT_BUSY_TIMEOUT).expect_err("short garbage");
         assert!(matches!(err, MappingError::NotADatabase { .. }), "{err:?}");
+        assert_eq!(fs::read(&path).expect("read back"), b"not sqlite");
+    }
+
+    /// 4 KiB that SQLite cannot take for a database.
+    fn garbage_bytes() -> Vec<u8> {
+        (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    }
+
+    /// A table holding job 1 (rows on n0..n49, enough for several pages), closed.
+    fn table_with_rows(path: &Path) {
+        let db = open(path);
+        for n in 0..50 {
+            db.insert_creating(
+                CLUSTER,
+                1,
+                &format!("n{n}"),
+                &format!("tag-{n}-{}", "x".repeat(200)),
+            )
+            .expect("insert");
+        }
+    }
+
+    /// The `<name>.corrupt-*` files beside `path`.
+    fn set_aside_files(path: &Path) -> Vec<PathBuf> {
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let mut v: Vec<PathBuf> = fs::read_dir(path.parent().expect("parent"))
+            .expect("read dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|f| f.to_string_lossy().starts_with(&format!("{name}.corrupt-")))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn garbage_behind_a_valid_header_is_found_by_the_integrity_check() {
+        let (_d, path) = temp();
+        table_with_rows(&path);
+        let mut bytes = fs::read(&path).expect("read");
+        assert!(bytes.len() > 3 * 4096, "{} bytes", bytes.len());
+        // Page 1 (header and schema) stays; every later page becomes garbage.
+        let garbage = garbage_bytes();
+        for (i, b) in bytes.iter_mut().enumerate().skip(4096) {
+            *b = garbage[i % garbage.len()];
+        }
+        fs::write(&path, &bytes).expect("write");
+        // The header and schema read fine, so opening succeeds...
+        let db = MappingDb::open(&path, DEFAULT_BUSY_TIMEOUT).expect("page 1 is intact");
+        // ...and only a look at the other pages shows the damage.
+        let err = db.check_integrity().expect_err("garbage pages");
+        assert!(
+            matches!(&err, MappingError::NotADatabase { op, .. } if **op == Op::QuickCheck),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        drop(db);
+        let (_db, set_aside) =
+            MappingDb::open_or_set_aside(&path, DEFAULT_BUSY_TIMEOUT).expect("recovers");
+        assert!(set_aside.is_some());
+    }
+
+    #[test]
+    fn reconcile_moves_a_corrupt_file_aside_and_the_new_table_works() {
+        let (_d, path) = temp();
+        table_with_rows(&path);
+        fs::write(&path, garbage_bytes()).expect("garbage over the table");
+        // A stale WAL and shared-memory file must go with it, never meet the new file.
+        fs::write(with_suffix(&path, "-wal"), b"stale wal").expect("wal");
+        fs::write(with_suffix(&path, "-shm"), b"stale shm").expect("shm");
+
+        let (db, set_aside) =
+            MappingDb::open_or_set_aside(&path, DEFAULT_BUSY_TIMEOUT).expect("recovers");
+        let set_aside = set_aside.expect("the file was moved");
+        assert_eq!(set_aside_files(&path), vec![set_aside.moved_to.clone()]);
+        let moved = set_aside.moved_to.to_string_lossy().into_owned();
+        let stamp = moved
+            .strip_prefix(&format!("{}.corrupt-", path.display()))
+            .expect("named <db>.corrupt-<time>");
+        assert!(stamp.parse::<i64>().is_ok_and(|t| t > 0), "{moved}");
+        assert!(
+            set_aside.reason.contains("file is not a database"),
+            "{}",
+            set_aside.reason
+        );
+        assert_eq!(
+            fs::read(&set_aside.moved_to).expect("kept"),
+            garbage_bytes()
+        );
+        // (SQLite itself may already have dropped an invalid WAL when the failed open
+        // closed; what must never happen is the stale files staying beside the new table.)
+        for suffix in ["-wal", "-shm"] {
+            let stale = fs::read(with_suffix(&path, suffix)).unwrap_or_default();
+            assert!(
+                !stale.starts_with(b"stale"),
+                "{suffix} left beside the new table"
+            );
+        }
+
+        // A fresh, working table in its place, for every opener.
+        assert!(db.all_rows(CLUSTER).expect("rows").is_empty());
+        db.insert_creating(CLUSTER, 2, "n1", "t2").expect("insert");
+        db.set_vm("t2", 9, RowState::Running).expect("set_vm");
+        drop(db);
+        let again = open(&path);
+        again.check_integrity().expect("healthy");
+        assert_eq!(again.job_rows(CLUSTER, 2).expect("rows")[0].vm_id, Some(9));
+        assert_eq!(user_version(&path), i64::from(SCHEMA_VERSION));
+        assert_eq!(mode_of(&path), 0o600);
+
+        // Corrupt again: a second file is set aside, the first is kept.
+        drop(again);
+        fs::write(&path, b"garbage again").expect("garbage");
+        let (_db, second) =
+            MappingDb::open_or_set_aside(&path, DEFAULT_BUSY_TIMEOUT).expect("recovers again");
+        let second = second.expect("moved again");
+        assert_ne!(second.moved_to, set_aside.moved_to);
+        assert_eq!(set_aside_files(&path).len(), 2);
+    }
+
+    #[test]
+    fn set_aside_takes_the_journal_files_along() {
+        let (_d, path) = temp();
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(&path, b"main").expect("main");
+        fs::write(with_suffix(&path, "-wal"), b"wal").expect("wal");
+        fs::write(with_suffix(&path, "-shm"), b"shm").expect("shm");
+        let to = set_aside(&path).expect("moved");
+        assert_eq!(fs::read(&to).expect("main moved"), b"main");
+        assert_eq!(
+            fs::read(with_suffix(&to, "-wal")).expect("wal moved"),
+            b"wal"
+        );
+        assert_eq!(
+            fs::read(with_suffix(&to, "-shm")).expect("shm moved"),
+            b"shm"
+        );
+        assert!(!with_suffix(&to, "-journal").exists());
+        for suffix in ["", "-wal", "-shm"] {
+            assert!(!with_suffix(&path, suffix).exists(), "{suffix} still there");
+        }
+        // The same second again: a new name, nothing overwritten.
+        fs::write(&path, b"main 2").expect("main 2");
+        let to2 = set_aside(&path).expect("moved again");
+        assert_ne!(to, to2);
+        assert_eq!(fs::read(&to).expect("first kept"), b"main");
+        assert_eq!(fs::read(&to2).expect("second"), b"main 2");
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        fs::metadata(p).expect("stat").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn reconcile_leaves_a_healthy_or_missing_file_alone() {
+        let (_d, path) = temp();
+        table_with_rows(&path);
+        let (db, set_aside) =
+            MappingDb::open_or_set_aside(&path, DEFAULT_BUSY_TIMEOUT).expect("opens");
+        assert_eq!(set_aside, None);
+        assert_eq!(db.job_rows(CLUSTER, 1).expect("rows").len(), 50);
+        drop(db);
+        fs::remove_file(&path).expect("delete the table");
+        let (db, set_aside) =
+            MappingDb::open_or_set_aside(&path, DEFAULT_BUSY_TIMEOUT).expect("recreates");
+        assert_eq!(set_aside, None);
+        assert!(db.all_rows(CLUSTER).expect("rows").is_empty());
+        assert!(set_aside_files(&path).is_empty());
+    }
+
+    #[test]
+    fn a_held_recovery_lock_makes_reconcile_wait_then_recheck() {
+        let (_d, path) = temp();
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(&path, garbage_bytes()).expect("garbage");
+
+        // Another reconciler is recovering: a short wait gives up, nothing is moved.
+        let held = recovery_lock(&path, DEFAULT_BUSY_TIMEOUT).expect("lock");
+        let err =
+            MappingDb::open_or_set_aside(&path, Duration::from_millis(200)).expect_err("lock held");
+        assert!(
+            matches!(&err, MappingError::RecoveryLocked { source: None, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(".recover-lock"), "{err}");
+        assert!(set_aside_files(&path).is_empty());
+
+        // A patient one waits; meanwhile the holder replaces the file with a good table
+        // holding a row. Under the lock the waiter finds it healthy and moves nothing.
+        let waiter = {
+            let path = path.clone();
+            thread::spawn(move || MappingDb::open_or_set_aside(&path, Duration::from_secs(20)))
+        };
+        thread::sleep(Duration::from_millis(300));
+        fs::remove_file(&path).expect("holder removes the garbage");
+        open(&path)
+            .insert_creating(CLUSTER, 5, "n1", "t5")
+            .expect("holder's fresh table");
+        drop(held);
+        let (db, set_aside) = waiter.join().expect("waiter").expect("opens");
+        assert_eq!(set_aside, None);
+        assert_eq!(db.job_rows(CLUSTER, 5).expect("rows").len(), 1);
+        assert!(set_aside_files(&path).is_empty());
     }
 
     #[test]

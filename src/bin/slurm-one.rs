@@ -161,10 +161,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
 
     let client = admin::client(&cfg, cli.trace_api).map_err(fail(2))?;
+    if let Cmd::Reconcile {
+        dry_run,
+        grace,
+        no_slurm,
+        watch,
+        interval,
+    } = cli.command
+    {
+        // Opens the table itself, once per pass, and may set a corrupt one aside.
+        return reconcile(&cfg, &client, dry_run, grace, no_slurm, watch, interval);
+    }
     let db = admin::open_db(&cfg).map_err(fail(1))?;
     let engine = Provisioner::new(&cfg, &client, &db);
     match cli.command {
-        Cmd::Check => Ok(()),
+        Cmd::Check | Cmd::Reconcile { .. } => Ok(()),
         Cmd::Status { job } => {
             let rows = match job {
                 Some(j) => db.job_rows(&cfg.cluster.name, j),
@@ -245,55 +256,81 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Reconcile {
-            dry_run,
-            grace,
-            no_slurm,
-            watch,
-            interval,
-        } => {
-            let grace = grace.unwrap_or(cfg.provisioning.orphan_grace);
-            let slurm: &dyn slurm_one::provision::SlurmView =
-                if no_slurm { &NoSlurm } else { &SlurmCli };
-            if !watch {
-                let report = engine.reconcile(slurm, grace, dry_run).map_err(fail(1))?;
-                print_report(&report, dry_run);
-                return if report.errors.is_empty() {
-                    Ok(())
-                } else {
-                    Err(Failure(
-                        1,
-                        "some fixes failed; the next pass retries them".into(),
-                    ))
-                };
-            }
-            let lock = cfg.cluster.database.with_extension("reconcile.lock");
-            let _held = admin::single_instance(&lock).map_err(fail(1))?;
-            slurm_one::cli::install_stop_handler();
-            log::info!("reconcile loop: one pass every {interval:?}, grace {grace:?}");
-            while !slurm_one::cli::stopping() {
-                match engine.reconcile(slurm, grace, dry_run) {
-                    Ok(r) => log::info!(
-                        "reconcile pass: {} drifts, {} errors, {} young VMs",
-                        r.drifts.len(),
-                        r.errors.len(),
-                        r.young
-                    ),
-                    // One bad pass (OpenNebula down, SLURM busy) never ends the loop.
-                    Err(e) => log::error!("reconcile pass failed: {e}"),
-                }
-                let until = std::time::Instant::now() + interval;
-                while std::time::Instant::now() < until && !slurm_one::cli::stopping() {
-                    if !no_slurm && !dry_run {
-                        follow_suspensions(&engine);
-                    }
-                    std::thread::sleep(std::time::Duration::from_secs(1));
-                }
-            }
-            log::info!("reconcile loop stopped");
+    }
+}
+
+/// `slurm-one reconcile`: one pass, or with `watch` one every `interval` until SIGTERM.
+/// Every pass opens the table anew ([`admin::open_db_for_reconcile`]): a table deleted or
+/// replaced meanwhile is never read or written through a stale connection, and a corrupt
+/// one is moved aside and refilled from the VMs' tags. Between passes the suspension
+/// follower opens it every second as well.
+fn reconcile(
+    cfg: &Config,
+    client: &slurm_one::one::client::Client,
+    dry_run: bool,
+    grace: Option<std::time::Duration>,
+    no_slurm: bool,
+    watch: bool,
+    interval: std::time::Duration,
+) -> Result<(), Failure> {
+    let grace = grace.unwrap_or(cfg.provisioning.orphan_grace);
+    let slurm: &dyn slurm_one::provision::SlurmView = if no_slurm { &NoSlurm } else { &SlurmCli };
+    if !watch {
+        let db = admin::open_db_for_reconcile(cfg, dry_run).map_err(fail(1))?;
+        let report = Provisioner::new(cfg, client, &db)
+            .reconcile(slurm, grace, dry_run)
+            .map_err(fail(1))?;
+        print_report(&report, dry_run);
+        return if report.errors.is_empty() {
             Ok(())
+        } else {
+            Err(Failure(
+                1,
+                "some fixes failed; the next pass retries them".into(),
+            ))
+        };
+    }
+    let lock = cfg.cluster.database.with_extension("reconcile.lock");
+    let _held = admin::single_instance(&lock).map_err(fail(1))?;
+    slurm_one::cli::install_stop_handler();
+    log::info!("reconcile loop: one pass every {interval:?}, grace {grace:?}");
+    while !slurm_one::cli::stopping() {
+        let pass = admin::open_db_for_reconcile(cfg, dry_run)
+            .map_err(|e| e.to_string())
+            .and_then(|db| {
+                Provisioner::new(cfg, client, &db)
+                    .reconcile(slurm, grace, dry_run)
+                    .map_err(|e| e.to_string())
+            });
+        match pass {
+            Ok(r) => log::info!(
+                "reconcile pass: {} drifts, {} errors, {} young VMs",
+                r.drifts.len(),
+                r.errors.len(),
+                r.young
+            ),
+            // One bad pass (OpenNebula down, SLURM busy, the table unusable) never ends
+            // the loop.
+            Err(e) => log::error!("reconcile pass failed: {e}"),
+        }
+        let until = std::time::Instant::now() + interval;
+        // Said once per interval: a corrupt table waits for the next pass to be set aside.
+        let mut table_ok = true;
+        while std::time::Instant::now() < until && !slurm_one::cli::stopping() {
+            if !no_slurm && !dry_run && table_ok {
+                match admin::open_db(cfg) {
+                    Ok(db) => follow_suspensions(&Provisioner::new(cfg, client, &db)),
+                    Err(e) => {
+                        log::error!("following suspensions: {e}");
+                        table_ok = !e.is_corrupt();
+                    }
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
         }
     }
+    log::info!("reconcile loop stopped");
+    Ok(())
 }
 
 /// One check of SLURM's suspended jobs against the VMs' states.
