@@ -10,8 +10,15 @@ use slurm_one::hooks::{self, PrologEnv};
 fn main() -> ExitCode {
     let ctx = match hooks::setup("slurm-one-prolog") {
         Ok(c) => c,
-        Err(e) => {
+        Err(hooks::SetupError::Config(e)) => {
             eprintln!("slurm-one-prolog: {e}");
+            return ExitCode::from(2);
+        }
+        Err(hooks::SetupError::Connect { cfg, message }) => {
+            if let Ok(env) = PrologEnv::read(&|k| std::env::var(k).ok()) {
+                hooks::prolog_cannot_start(&cfg, &env, &message);
+            }
+            eprintln!("slurm-one-prolog: {message}");
             return ExitCode::from(2);
         }
     };

@@ -73,11 +73,33 @@ pub fn config_path() -> std::path::PathBuf {
     crate::config::DEFAULT_CONFIG_PATH.into()
 }
 
+/// Why a hook could not start.
+#[derive(Debug)]
+pub enum SetupError {
+    /// No usable config: nothing is logged yet, the message goes to stderr only.
+    Config(String),
+    /// Config and logging are up, but OpenNebula's client or the table could not be set up
+    /// (already logged); the config lets the prolog still report the failure to SLURM.
+    Connect {
+        /// The loaded config.
+        cfg: Box<Config>,
+        /// What failed.
+        message: String,
+    },
+}
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SetupError::Config(m) | SetupError::Connect { message: m, .. } => f.write_str(m),
+        }
+    }
+}
+
 /// Loads config, starts logging (syslog, ident `program`), opens OpenNebula and the table.
-/// The error is one line for the hook to print and exit with.
-pub fn setup(program: &str) -> Result<HookContext, String> {
+pub fn setup(program: &str) -> Result<HookContext, SetupError> {
     let path = config_path();
-    let cfg = Config::load(&path).map_err(|e| e.to_string())?;
+    let cfg = Config::load(&path).map_err(|e| SetupError::Config(e.to_string()))?;
     if let (Some(conf), None) = (&cfg.cluster.slurm_conf, std::env::var_os("SLURM_CONF")) {
         // Still single-threaded here: nothing reads the environment concurrently.
         std::env::set_var("SLURM_CONF", conf);
@@ -90,9 +112,23 @@ pub fn setup(program: &str) -> Result<HookContext, String> {
         cfg.logging.file.as_deref(),
         stderr,
     );
-    let one = crate::admin::client(&cfg, false).map_err(|e| e.to_string())?;
-    let db = crate::admin::open_db(&cfg).map_err(|e| e.to_string())?;
-    Ok(HookContext { cfg, one, db })
+    let connected = crate::admin::client(&cfg, false)
+        .map_err(|e| e.to_string())
+        .and_then(|one| {
+            let db = crate::admin::open_db(&cfg).map_err(|e| e.to_string())?;
+            Ok((one, db))
+        });
+    match connected {
+        Ok((one, db)) => Ok(HookContext { cfg, one, db }),
+        Err(message) => {
+            // slurmctld drops a hook's stderr: the log is where an admin will look.
+            log::error!("{program}: cannot start: {message}");
+            Err(SetupError::Connect {
+                cfg: Box::new(cfg),
+                message,
+            })
+        }
+    }
 }
 
 /// What PrologSlurmctld reads from its environment (set once, typed).
@@ -188,29 +224,47 @@ pub fn prolog_slurmctld(
     }
     let result = provision_and_register(cfg, one, db, env, &cloud);
     if let Err(e) = &result {
-        let attempt = env.restarts + 1;
-        let reason = format!("slurm-one: {e}");
-        log::error!("job {job_id}: attempt {attempt}: {e}");
-        if let Err(s) = slurm::down_then_power_down(&cloud, &reason) {
-            log::error!("job {job_id}: cannot set nodes down: {s}");
-        }
-        let max = cfg.provisioning.max_prolog_attempts;
-        let comment = if attempt >= max {
-            format!("{reason} (attempt {attempt} of {max}; job held, release it with scontrol release {job_id})")
-        } else {
-            format!("{reason} (attempt {attempt} of {max}; requeued)")
-        };
-        if let Err(s) = slurm::set_job_admin_comment(job_id, &comment) {
-            log::warn!("job {job_id}: cannot set AdminComment: {s}");
-        }
-        if attempt >= max {
-            log::error!("job {job_id}: {attempt} failed attempts, holding the job");
-            if let Err(s) = slurm::requeue_hold(job_id) {
-                log::error!("job {job_id}: cannot hold: {s}");
-            }
-        }
+        report_prolog_failure(cfg, env, &cloud, &e.to_string());
     }
     result
+}
+
+/// A prolog that could not even reach OpenNebula or the table (e.g. a corrupt table): the
+/// job's cloud nodes and AdminComment say why, and attempts count toward the hold, as for
+/// any other failed attempt.
+pub fn prolog_cannot_start(cfg: &Config, env: &PrologEnv, message: &str) {
+    match cloud_nodes(&env.nodes) {
+        Ok(cloud) if cloud.is_empty() => {}
+        Ok(cloud) => report_prolog_failure(cfg, env, &cloud, message),
+        Err(e) => log::error!("job {}: cannot read its nodes: {e}", env.job_id),
+    }
+}
+
+/// Nodes DOWN → POWER_DOWN with the reason, the job's AdminComment, and a hold after
+/// `max_prolog_attempts` failed attempts.
+fn report_prolog_failure(cfg: &Config, env: &PrologEnv, cloud: &[String], error: &str) {
+    let job_id = env.job_id;
+    let attempt = env.restarts + 1;
+    let reason = format!("slurm-one: {error}");
+    log::error!("job {job_id}: attempt {attempt}: {error}");
+    if let Err(s) = slurm::down_then_power_down(cloud, &reason) {
+        log::error!("job {job_id}: cannot set nodes down: {s}");
+    }
+    let max = cfg.provisioning.max_prolog_attempts;
+    let comment = if attempt >= max {
+        format!("{reason} (attempt {attempt} of {max}; job held, release it with scontrol release {job_id})")
+    } else {
+        format!("{reason} (attempt {attempt} of {max}; requeued)")
+    };
+    if let Err(s) = slurm::set_job_admin_comment(job_id, &comment) {
+        log::warn!("job {job_id}: cannot set AdminComment: {s}");
+    }
+    if attempt >= max {
+        log::error!("job {job_id}: {attempt} failed attempts, holding the job");
+        if let Err(s) = slurm::requeue_hold(job_id) {
+            log::error!("job {job_id}: cannot hold: {s}");
+        }
+    }
 }
 
 fn provision_and_register(
@@ -452,9 +506,10 @@ pub fn suspend_program(
             .map_err(|source| ProvisionError::Mapping { job_id: 0, source })?;
         if let Some(row) = row {
             log::warn!(
-                "node {node} powers down while job {} still maps to VM {:?}: tearing down",
+                "node {node} powers down while job {} still maps to VM {}: tearing down",
                 row.job_id,
                 row.vm_id
+                    .map_or_else(|| "(none recorded)".to_string(), |v| v.to_string())
             );
             if let Err(e) = engine.teardown(row.job_id) {
                 first_error.get_or_insert(HookError::from(e));

@@ -174,6 +174,13 @@ pub enum Op {
         /// New state.
         state: RowState,
     },
+    /// [`MappingDb::claim_teardown`].
+    ClaimTeardown {
+        /// Cluster.
+        cluster: String,
+        /// Job id.
+        job_id: u32,
+    },
     /// [`MappingDb::job_rows`].
     JobRows {
         /// Cluster.
@@ -256,6 +263,12 @@ impl fmt::Display for Op {
                 f,
                 "setting job {job_id} node {node} (cluster {cluster}) to {state}"
             ),
+            Op::ClaimTeardown { cluster, job_id } => {
+                write!(
+                    f,
+                    "claiming the rows of job {job_id} (cluster {cluster}) for teardown"
+                )
+            }
             Op::JobRows { cluster, job_id } => {
                 write!(f, "reading the rows of job {job_id} (cluster {cluster})")
             }
@@ -903,6 +916,52 @@ impl MappingDb {
             detail.map(|d| format!(" ({d})")).unwrap_or_default()
         );
         Ok(())
+    }
+
+    /// Claims the job's rows for one teardown: in one transaction, every row not already
+    /// `tearing_down` (or claimed longer than `reclaim_after` ago, by a teardown that died)
+    /// is set `tearing_down` and returned. A concurrent teardown of the same job gets only
+    /// what is left, so each VM is terminated by one caller.
+    pub fn claim_teardown(
+        &self,
+        cluster: &str,
+        job_id: u32,
+        reclaim_after: Duration,
+    ) -> Result<Vec<Row>, MappingError> {
+        let op = Op::ClaimTeardown {
+            cluster: cluster.to_owned(),
+            job_id,
+        };
+        let now = now();
+        let before = now.saturating_sub(i64::try_from(reclaim_after.as_secs()).unwrap_or(i64::MAX));
+        let claimed = self.write(&op, |tx| {
+            let rows = self.query(
+                tx,
+                &op,
+                &format!(
+                    "SELECT {COLUMNS} FROM mapping WHERE cluster = ?1 AND job_id = ?2
+                     AND (state != ?3 OR updated <= ?4) ORDER BY node"
+                ),
+                params![cluster, job_id, RowState::TearingDown.as_str(), before],
+            )?;
+            tx.execute(
+                "UPDATE mapping SET state = ?3, updated = ?5 WHERE cluster = ?1 AND job_id = ?2
+                 AND (state != ?3 OR updated <= ?4)",
+                params![cluster, job_id, RowState::TearingDown.as_str(), before, now],
+            )
+            .map_err(|e| self.sql_error(&op, e))?;
+            Ok(rows)
+        })?;
+        for row in &claimed {
+            log::info!(
+                "mapping: job {job_id} node {} (cluster {cluster}) VM {} {} -> {}",
+                row.node,
+                row.vm_id.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+                row.state,
+                RowState::TearingDown
+            );
+        }
+        Ok(claimed)
     }
 
     /// The rows of one job, ordered by node.
@@ -2007,5 +2066,29 @@ mod tests {
             })
             .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_teardown_claim_is_taken_once_and_can_be_retaken_when_stale() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = MappingDb::open(&dir.path().join("m.db"), Duration::from_secs(5)).unwrap();
+        let other = MappingDb::open(&dir.path().join("m.db"), Duration::from_secs(5)).unwrap();
+        db.insert_creating("c", 7, "vm1", "t1").unwrap();
+        db.insert_creating("c", 7, "vm2", "t2").unwrap();
+        db.set_vm("t1", 11, RowState::Running).unwrap();
+        let first = db.claim_teardown("c", 7, Duration::from_secs(60)).unwrap();
+        assert_eq!(first.len(), 2);
+        assert!(other
+            .claim_teardown("c", 7, Duration::from_secs(60))
+            .unwrap()
+            .is_empty());
+        // A teardown that died leaves its claim; after `reclaim_after` another takes it.
+        let again = other.claim_teardown("c", 7, Duration::ZERO).unwrap();
+        assert_eq!(again.len(), 2);
+        assert!(db
+            .job_rows("c", 7)
+            .unwrap()
+            .iter()
+            .all(|r| r.state == RowState::TearingDown));
     }
 }

@@ -702,18 +702,15 @@ impl<'a> Provisioner<'a> {
     /// concurrently. A row whose VM could not be terminated is kept so a retry finds it.
     pub fn teardown(&self, job_id: u32) -> Result<TeardownReport, ProvisionError> {
         let cluster = self.cluster();
+        // Claimed, not just read: a second epilog (or SuspendProgram) running at the same
+        // time gets nothing and leaves these VMs to this call.
         let rows = self
             .db
-            .job_rows(cluster, job_id)
+            .claim_teardown(cluster, job_id, 2 * TERMINATE_DEADLINE)
             .map_err(self.mapping(job_id))?;
         let mut report = TeardownReport::default();
         if rows.is_empty() {
             return Ok(report);
-        }
-        for row in &rows {
-            let _ = self
-                .db
-                .set_state(cluster, job_id, &row.node, RowState::TearingDown, None);
         }
         // A row still `creating` may have a VM OpenNebula made but we never recorded.
         let untracked: Vec<&Row> = rows.iter().filter(|r| r.vm_id.is_none()).collect();
@@ -886,7 +883,12 @@ impl<'a> Provisioner<'a> {
             if owned && recorded {
                 continue;
             }
-            if now - vm.stime < grace_s {
+            // A running job's VM without a row: the table lost it (no prolog or teardown is
+            // at work on a RUNNING job), so it is rebuilt at once rather than after the grace.
+            let started = job
+                .and_then(|j| live_jobs.as_ref().and_then(|jobs| jobs.get(&j)))
+                .is_some_and(|j| j.started);
+            if !(owned && started) && now - vm.stime < grace_s {
                 report.young += 1;
                 continue;
             }

@@ -208,7 +208,7 @@ fn concurrent_teardowns_of_one_job_both_succeed() {
         .provision(&job(14, &["vm1", "vm2", "vm3"], 1, None, None))
         .unwrap();
     let (cfg, client, path) = (&s.cfg, &s.client, s.db.path().to_path_buf());
-    let results: Vec<Result<usize, String>> = std::thread::scope(|scope| {
+    let results: Vec<Result<(usize, usize), String>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..2)
             .map(|_| {
                 let path = path.clone();
@@ -216,15 +216,18 @@ fn concurrent_teardowns_of_one_job_both_succeed() {
                     let db = MappingDb::open(&path, Duration::from_secs(10)).unwrap();
                     Provisioner::new(cfg, client, &db)
                         .teardown(14)
-                        .map(|r| r.rows_removed)
+                        .map(|r| (r.rows_removed, r.terminated.len() + r.already_gone.len()))
                         .map_err(|e| e.to_string())
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let removed: usize = results.iter().map(|r| *r.as_ref().unwrap()).sum();
+    let removed: usize = results.iter().map(|r| r.as_ref().unwrap().0).sum();
     assert_eq!(removed, 3, "{results:?}");
+    // Each VM was handled by one of the two: the rows are claimed, not just read.
+    let handled: usize = results.iter().map(|r| r.as_ref().unwrap().1).sum();
+    assert_eq!(handled, 3, "{results:?}");
     assert!(s.db.job_rows("it", 14).unwrap().is_empty());
     assert!(poll_until(Duration::from_secs(5), || all_ending_or_done(
         &s
@@ -535,24 +538,37 @@ fn reconcile_spares_young_orphans_and_rebuilds_lost_rows() {
     let young = sim.allocate(
         "MEMORY=64\nCPU=0.1\nSLURM_CLUSTER=\"it\"\nSLURM_JOB_ID=\"97\"\nSLURM_NODE=\"vm7\"\n",
     ) as u32;
-    let slurm = FakeSlurm::holding(&[(22, &["vm1"])]);
+    // Still configuring (its prolog may be at work): the lost row waits for the grace too.
+    let configuring = FakeSlurm::holding(&[(22, &["vm1"])]).configuring();
     let report = engine
-        .reconcile(&slurm, Duration::from_secs(3600), false)
+        .reconcile(&configuring, Duration::from_secs(3600), false)
         .unwrap();
     assert!(report.young >= 2, "{report:?}");
     assert!(report.drifts.is_empty(), "{report:?}");
-    let report = engine.reconcile(&slurm, Duration::ZERO, false).unwrap();
-    assert!(
-        report.drifts.contains(&Drift::MissingRow {
+    // Running: its lost row is rebuilt at once; the young orphan is still spared.
+    let running = FakeSlurm::holding(&[(22, &["vm1"])]);
+    let report = engine
+        .reconcile(&running, Duration::from_secs(3600), false)
+        .unwrap();
+    assert_eq!(
+        report.drifts,
+        vec![Drift::MissingRow {
             vm_id: up[0].vm_id,
             job_id: 22,
             node: "vm1".into()
-        }),
+        }],
         "{report:?}"
     );
     let rows = s.db.job_rows("it", 22).unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].vm_id, Some(up[0].vm_id));
+    assert_ne!(
+        vm(&s, young).state,
+        VmState::Done,
+        "a young orphan was ended"
+    );
+    let report = engine.reconcile(&running, Duration::ZERO, false).unwrap();
+    assert_eq!(report.drifts.len(), 1, "{report:?}");
     assert!(poll_until(Duration::from_secs(5), || vm(&s, young).state
         == VmState::Done));
 }
