@@ -11,9 +11,9 @@
 #     moves nothing. Once the lock is released, the running reconcile loop (which must not hold
 #     on to the table deleted in (a)) moves the file to <db>.corrupt-<unix time>, logging both
 #     paths at error level, starts an empty table and rebuilds both rows from the VMs' tags
-#     once they are older than orphan_grace (90 s here).
+#     (at once: the job is RUNNING, so no prolog or teardown can be at work on them).
 # Then the job is cancelled: its epilog finds the rows and terminates the VMs; nothing leaks.
-# Bounded at about 200 s.
+# Bounded at about 120 s.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 case_begin
