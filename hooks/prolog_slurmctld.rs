@@ -29,11 +29,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A failure is logged (and reported to SLURM) where it happens.
     match hooks::prolog_slurmctld(&ctx.cfg, &ctx.one, &ctx.db, &env) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("job {}: {e}", env.job_id);
-            ExitCode::FAILURE
-        }
+        Err(_) => ExitCode::FAILURE,
     }
 }

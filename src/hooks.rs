@@ -31,7 +31,7 @@ pub enum HookError {
     #[error(transparent)]
     Slurm(#[from] SlurmError),
     /// The nodes did not register in time.
-    #[error("nodes {nodes} did not register with slurmctld within {waited:?}")]
+    #[error("nodes {nodes} did not register with slurmctld within provisioning.register_timeout ({:.0} s)", waited.as_secs_f64())]
     Registration {
         /// The nodes still powering up.
         nodes: String,
@@ -217,7 +217,7 @@ pub fn prolog_slurmctld(
     env: &PrologEnv,
 ) -> Result<(), HookError> {
     let job_id = env.job_id;
-    let cloud = cloud_nodes(&env.nodes)?;
+    let cloud = cloud_nodes(&env.nodes).inspect_err(|e| log::error!("job {job_id}: {e}"))?;
     if cloud.is_empty() {
         log::info!("job {job_id}: no cloud nodes, nothing to provision");
         return Ok(());

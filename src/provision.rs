@@ -112,7 +112,7 @@ pub enum ProvisionError {
         reason: Option<String>,
     },
     /// Not every VM was up in time.
-    #[error("job {job_id}: VMs not up after {waited:?}: {pending}")]
+    #[error("job {job_id}: VMs not up within provisioning.boot_timeout ({:.0} s): {pending}", waited.as_secs_f64())]
     Deadline {
         /// Job.
         job_id: u32,

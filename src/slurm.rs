@@ -310,13 +310,15 @@ pub fn set_job_admin_comment(job_id: u32, text: &str) -> Result<(), SlurmError> 
     run(&["scontrol", "update", &id, &comment], COMMAND_TIMEOUT).map(|_| ())
 }
 
-/// `scontrol requeuehold JOB`: requeue and hold, so a job that keeps failing stops looping.
+/// Holds a job that keeps failing, so it stops looping: `scontrol hold` (it is usually
+/// requeued already), else `scontrol requeuehold`.
 pub fn requeue_hold(job_id: u32) -> Result<(), SlurmError> {
     let id = job_id.to_string();
-    match run(&["scontrol", "requeuehold", &id], COMMAND_TIMEOUT) {
+    // Usually the nodes' DOWN has requeued it already: holding the pending job is enough
+    // (requeuehold would fail, and slurmctld log an error, for a pending job).
+    match run(&["scontrol", "hold", &id], COMMAND_TIMEOUT) {
         Ok(_) => Ok(()),
-        // Already requeued (the nodes' DOWN did it): holding the pending job is enough.
-        Err(_) => run(&["scontrol", "hold", &id], COMMAND_TIMEOUT).map(|_| ()),
+        Err(_) => run(&["scontrol", "requeuehold", &id], COMMAND_TIMEOUT).map(|_| ()),
     }
 }
 

@@ -309,7 +309,13 @@ impl Client {
                     status,
                 })
             }
-            Err(ureq::Error::Transport(t)) => return Err(transport(t.to_string())),
+            Err(ureq::Error::Transport(t)) => {
+                // ureq puts the URL first; the error names the endpoint already.
+                let text = t.to_string();
+                let prefix = format!("{}: ", self.settings.endpoint);
+                let detail = text.strip_prefix(&prefix).unwrap_or(&text).to_string();
+                return Err(transport(detail));
+            }
         };
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes)
