@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers of the end-to-end suite (scripts/e2e). Sourced by every tests/e2e/test_*.sh and by
 # the runner. Needs the local cluster of scripts/cluster to be up; runs as root.
 #
@@ -97,6 +98,26 @@ job_summary() {
     last=$(grep -E "job $1[^0-9]" "$E2E_LOG" 2>/dev/null | tail -1)
     echo "state=$(job_state "$1") reason=$(job_field "$1" Reason) restarts=$(job_field "$1" Restarts)" \
         "admin_comment='$(job_field "$1" AdminComment)' last hook log: ${last:-none}"
+}
+
+# wait_attempt_failed JOB SECS WHAT: waits until a prolog attempt of JOB failed (Restarts >= 1,
+# or PENDING again with a slurm-one AdminComment) and prints the AdminComment. Fails the case
+# if the job runs or ends instead (WHAT says what was injected), or after SECS.
+wait_attempt_failed() {
+    local job=$1 secs=$2 what=$3 t0=$SECONDS s restarts comment
+    while [ $SECONDS -lt $((t0 + secs)) ]; do
+        s=$(job_state "$job") restarts=$(job_field "$job" Restarts) comment=$(job_field "$job" AdminComment)
+        if [ "${restarts:-0}" -ge 1 ] || { [ "$s" = PENDING ] && [[ $comment == slurm-one:* ]]; }; then
+            log "attempt failed after $((SECONDS - t0))s: $(job_summary "$job")"
+            echo "$comment"
+            return 0
+        fi
+        case $s in RUNNING | COMPLETING | COMPLETED | FAILED | CANCELLED | NODE_FAIL | BOOT_FAIL | TIMEOUT)
+            fail "job $job went $s although $what: $(job_summary "$job")" ;;
+        esac
+        sleep 0.3
+    done
+    fail "no attempt of job $job failed within ${secs}s although $what: $(job_summary "$job")"
 }
 
 # node_diag: State, BootTime, SlurmdStartTime of every node not idle~ (why one did not register:
@@ -218,7 +239,11 @@ table_rows() {
 
 # no_rows JOB / no_live_vms JOB: predicates for wait_until (which runs its command anew each
 # time; a "$(...)" in its arguments would be evaluated only once).
-no_rows() { [ -z "$(table_rows "$1")" ]; }
+no_rows() {
+    local r
+    r=$(table_rows "$1") || return 1 # `slurm-one status` failing is not "no rows"
+    [ -z "$r" ]
+}
 no_live_vms() { [ -z "$(live_vms "$1")" ]; }
 
 # --- invariant -----------------------------------------------------------------------

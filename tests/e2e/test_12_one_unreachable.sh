@@ -12,13 +12,6 @@ source "$(dirname "$0")/lib.sh"
 case_begin
 trap 'config_restore; cancel_my_jobs' EXIT
 
-# no_rows JOB: `slurm-one status` answers and lists no row of JOB.
-no_rows() {
-    local r
-    r=$(slurm-one status --job "$1") || return 1
-    [ -z "$(tail -n +2 <<<"$r" | sed '/^\s*$/d')" ]
-}
-
 # A port nothing listens on: bound once by the kernel's choice, then closed.
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()') ||
     fail "cannot pick a free port"
@@ -36,21 +29,7 @@ log "endpoint now $endpoint"
 out=$E2E_TMP/unreachable.out
 # shellcheck disable=SC2016 # $(hostname) expands in the VM
 job=$(submit -N1 -o "$out" --wrap 'echo "ran on $(hostname)"') || fail "sbatch failed"
-t0=$SECONDS
-requeued=""
-while [ $SECONDS -lt $((t0 + 40)) ]; do
-    s=$(job_state "$job") restarts=$(job_field "$job" Restarts) comment=$(job_field "$job" AdminComment)
-    if [ "${restarts:-0}" -ge 1 ] || { [ "$s" = PENDING ] && [[ $comment == slurm-one:* ]]; }; then
-        requeued=yes
-        break
-    fi
-    case $s in RUNNING | COMPLETING | COMPLETED | FAILED | CANCELLED | NODE_FAIL | BOOT_FAIL | TIMEOUT)
-        fail "job $job went $s with OpenNebula unreachable instead of being requeued: $(job_summary "$job")" ;;
-    esac
-    sleep 0.3
-done
-[ -n "$requeued" ] || fail "job $job not requeued within 40s with OpenNebula unreachable: $(job_summary "$job")"
-log "requeued after $((SECONDS - t0))s: $(job_summary "$job")"
+comment=$(wait_attempt_failed "$job" 40 "OpenNebula is unreachable") || exit 1
 [[ $comment == slurm-one:* ]] || fail "AdminComment does not start with 'slurm-one:': '$comment'"
 [[ $comment == *"$endpoint"* ]] || fail "AdminComment does not name the endpoint $endpoint: '$comment'"
 [[ $comment == *"requeued"* ]] || fail "AdminComment does not say 'requeued': '$comment'"

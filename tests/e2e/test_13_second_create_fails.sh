@@ -10,35 +10,13 @@ source "$(dirname "$0")/lib.sh"
 case_begin
 trap 'one_py fault_clear; cancel_my_jobs' EXIT
 
-# no_rows JOB: `slurm-one status` answers and lists no row of JOB.
-no_rows() {
-    local r
-    r=$(slurm-one status --job "$1") || return 1
-    [ -z "$(tail -n +2 <<<"$r" | sed '/^\s*$/d')" ]
-}
-
 msg="User [0] : limit of 2 reached for VMS quota in user [0]."
 one_py fault_add one.vm.allocate 2 512 "$msg" || fail "sim.fault.add failed"
 hook_mark=$(log_lines "$E2E_LOG")
 job=$(submit -N3 -o /dev/null --wrap "sleep 30") || fail "sbatch failed"
-t0=$SECONDS
-requeued=""
-while [ $SECONDS -lt $((t0 + 60)) ]; do
-    s=$(job_state "$job") restarts=$(job_field "$job" Restarts)
-    if [ "${restarts:-0}" -ge 1 ]; then
-        requeued=yes
-        break
-    fi
-    case $s in RUNNING | COMPLETING | COMPLETED | FAILED | CANCELLED | NODE_FAIL | BOOT_FAIL | TIMEOUT)
-        fail "job $job went $s although its 2nd VM create was refused: $(job_summary "$job")" ;;
-    esac
-    sleep 0.3
-done
-[ -n "$requeued" ] || fail "job $job not requeued within 60s after a refused create: $(job_summary "$job")"
+comment=$(wait_attempt_failed "$job" 60 "its 2nd VM create was refused") || exit 1
 # Keep the retry (due after cred_expire + 1 s) from making new VMs while this one is checked.
 scontrol hold "$job" || fail "scontrol hold $job failed: $(job_summary "$job")"
-comment=$(job_field "$job" AdminComment)
-log "requeued after $((SECONDS - t0))s (now held by the case): $(job_summary "$job")"
 [[ $comment == slurm-one:* ]] || fail "AdminComment does not start with 'slurm-one:': '$comment'"
 [[ $comment == *"$msg"* ]] || fail "AdminComment lacks OpenNebula's message '$msg': '$comment'"
 [[ $comment == *"attempt 1 of "*"; requeued"* ]] || fail "AdminComment does not say attempt 1 was requeued: '$comment'"

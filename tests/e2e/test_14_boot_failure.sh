@@ -10,13 +10,6 @@ source "$(dirname "$0")/lib.sh"
 case_begin
 trap 'one_py fault_clear; cancel_my_jobs' EXIT
 
-# no_rows JOB: `slurm-one status` answers and lists no row of JOB.
-no_rows() {
-    local r
-    r=$(slurm-one status --job "$1") || return 1
-    [ -z "$(tail -n +2 <<<"$r" | sed '/^\s*$/d')" ]
-}
-
 # fail_first_vm JOB SECS: waits (50 ms polls) for the first VM tagged with JOB that is not
 # DONE, puts it in BOOT_FAILURE, prints "ID STATE LCM READY" as it was just before.
 fail_first_vm() {
@@ -61,23 +54,9 @@ log "VM $vm of job $job forced into BOOT_FAILURE $((SECONDS - t0))s after submis
 late=""
 [ "$lcm" = 3 ] && [ "$ready" = YES ] && late=" (the VM was already RUNNING and READY when failed: the injection came late)"
 
-requeued=""
-while [ $SECONDS -lt $((t0 + 60)) ]; do
-    s=$(job_state "$job") restarts=$(job_field "$job" Restarts)
-    if [ "${restarts:-0}" -ge 1 ]; then
-        requeued=yes
-        break
-    fi
-    case $s in RUNNING | COMPLETING | COMPLETED | FAILED | CANCELLED | NODE_FAIL | BOOT_FAIL | TIMEOUT)
-        fail "job $job went $s although its VM $vm went BOOT_FAILURE$late: $(job_summary "$job")" ;;
-    esac
-    sleep 0.3
-done
-[ -n "$requeued" ] || fail "job $job not requeued within 60s after VM $vm went BOOT_FAILURE$late: $(job_summary "$job")"
+comment=$(wait_attempt_failed "$job" 60 "its VM $vm went BOOT_FAILURE$late") || exit 1
 # Keep the retry (due after cred_expire + 1 s) from making a new VM while this one is checked.
 scontrol hold "$job" || fail "scontrol hold $job failed: $(job_summary "$job")"
-comment=$(job_field "$job" AdminComment)
-log "requeued after $((SECONDS - t0))s (now held by the case): $(job_summary "$job")"
 [[ $comment == slurm-one:* ]] || fail "AdminComment does not start with 'slurm-one:': '$comment'"
 grep -qE "VM $vm([^0-9]|$)" <<<"$comment" || fail "AdminComment does not name VM $vm: '$comment'"
 [[ $comment == *BOOT_FAILURE* ]] || fail "AdminComment does not say BOOT_FAILURE: '$comment'"

@@ -10,13 +10,6 @@ source "$(dirname "$0")/lib.sh"
 case_begin
 trap 'one_py fault_clear; config_restore; cancel_my_jobs' EXIT
 
-# no_rows JOB: `slurm-one status` answers and lists no row of JOB.
-no_rows() {
-    local r
-    r=$(slurm-one status --job "$1") || return 1
-    [ -z "$(tail -n +2 <<<"$r" | sed '/^\s*$/d')" ]
-}
-
 # hook_time LINE: the epoch seconds (with ms) a slurm-one.log line starts with.
 hook_time() { awk '{print $1}' <<<"$1"; }
 
@@ -27,24 +20,9 @@ config_set provisioning boot_timeout "\"${deadline}s\"" || fail "config_set boot
 one_py hosts_full true || fail "sim.fault.hosts_full failed"
 hook_mark=$(log_lines "$E2E_LOG")
 job=$(submit -N2 -o /dev/null --wrap "sleep 30") || fail "sbatch failed"
-t0=$SECONDS
-requeued=""
-while [ $SECONDS -lt $((t0 + 60)) ]; do
-    s=$(job_state "$job") restarts=$(job_field "$job" Restarts)
-    if [ "${restarts:-0}" -ge 1 ]; then
-        requeued=yes
-        break
-    fi
-    case $s in RUNNING | COMPLETING | COMPLETED | FAILED | CANCELLED | NODE_FAIL | BOOT_FAIL | TIMEOUT)
-        fail "job $job went $s although its VMs cannot be placed: $(job_summary "$job")" ;;
-    esac
-    sleep 0.3
-done
-[ -n "$requeued" ] || fail "job $job not requeued within 60s with boot_timeout ${deadline}s: $(job_summary "$job")"
+comment=$(wait_attempt_failed "$job" 60 "its VMs cannot be placed") || exit 1
 # Keep the retry (due after cred_expire + 1 s) from making new VMs while this one is checked.
 scontrol hold "$job" || fail "scontrol hold $job failed: $(job_summary "$job")"
-comment=$(job_field "$job" AdminComment)
-log "requeued after $((SECONDS - t0))s (now held by the case): $(job_summary "$job")"
 
 # When the prolog asked for the VMs and when it gave up, from its own log.
 hook=$(log_since "$E2E_LOG" "$hook_mark" | grep -E "job ${job}[^0-9]")

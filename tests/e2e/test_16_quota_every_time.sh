@@ -13,13 +13,6 @@ source "$(dirname "$0")/lib.sh"
 case_begin
 trap 'one_py fault_clear; config_restore; cancel_my_jobs' EXIT
 
-# no_rows JOB: `slurm-one status` answers and lists no row of JOB.
-no_rows() {
-    local r
-    r=$(slurm-one status --job "$1") || return 1
-    [ -z "$(tail -n +2 <<<"$r" | sed '/^\s*$/d')" ]
-}
-
 # is_held JOB: held as SLURM shows it after `scontrol requeuehold` or `hold`.
 is_held() {
     local s r
@@ -38,20 +31,7 @@ job=$(submit -N1 -o /dev/null --wrap "sleep 5") || fail "sbatch failed"
 t0=$SECONDS
 
 # Attempt 1: requeued, not held.
-first=""
-while [ $SECONDS -lt $((t0 + 30)) ]; do
-    s=$(job_state "$job") restarts=$(job_field "$job" Restarts) comment=$(job_field "$job" AdminComment)
-    if [ "${restarts:-0}" -ge 1 ] || [[ $comment == *"attempt 1 of"* ]]; then
-        first=$comment
-        break
-    fi
-    case $s in RUNNING | COMPLETING | COMPLETED | FAILED | CANCELLED | NODE_FAIL | BOOT_FAIL | TIMEOUT)
-        fail "job $job went $s although every create is refused: $(job_summary "$job")" ;;
-    esac
-    sleep 0.3
-done
-[ -n "$first" ] || fail "no first attempt of job $job failed within 30s: $(job_summary "$job")"
-log "attempt 1 failed after $((SECONDS - t0))s: $(job_summary "$job")"
+first=$(wait_attempt_failed "$job" 30 "every create is refused") || exit 1
 [[ $first == slurm-one:* ]] || fail "AdminComment does not start with 'slurm-one:': '$first'"
 [[ $first == *"$msg"* ]] || fail "AdminComment lacks OpenNebula's message '$msg': '$first'"
 [[ $first == *"(attempt 1 of 2; requeued)" ]] || fail "attempt 1's AdminComment does not end '(attempt 1 of 2; requeued)': '$first'"

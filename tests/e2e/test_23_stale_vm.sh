@@ -45,7 +45,7 @@ state=$(wait_ended "$job" 120) || exit 1
 grep -qx "SLURM_JOB_ID='$job'" "$out" ||
     fail "job $job did not run on its own VM: its context said '$(cat "$out")'"
 new_vm=$(vms_of "$job" | awk '{print $1}')
-[ -n "$new_vm" ] && [ "$new_vm" != "$stale_id" ] || fail "job $job has no VM of its own ('$new_vm')"
+{ [ -n "$new_vm" ] && [ "$new_vm" != "$stale_id" ]; } || fail "job $job has no VM of its own ('$new_vm')"
 log "job $job ran on its own VM $new_vm, not on stale VM $stale_id"
 
 # Powering vm1 down after the job, SuspendProgram ends whatever is still mapped to it.

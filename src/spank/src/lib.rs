@@ -10,7 +10,7 @@
 //!
 //! Does not own: the option grammar and the identity check (`slurm_one::options`), the
 //! configuration (`slurm_one::config`), provisioning (PrologSlurmctld; slurmctld never loads
-//! SPANK), logging setup (slurm-spank's default `setup` is kept).
+//! SPANK), a tracing subscriber (it logs through SPANK's own functions).
 //!
 //! `plugstack.conf`:
 //! `required /usr/lib/slurm-one/libslurm_one_spank.so config=/etc/slurm-one/slurm-one.toml`
@@ -32,7 +32,9 @@ use slurm_one::config::{Config, ConfigError};
 use slurm_one::options::{
     self, IdentityError, OptionError, CONTEXT_FILE, CPU_SHARE_VAR, TEMPLATE_VAR,
 };
-use slurm_spank::{spank_log_error, spank_log_user, Context, Plugin, SpankHandle, SpankOption};
+use slurm_spank::{
+    spank_log_debug, spank_log_error, spank_log_user, Context, Plugin, SpankHandle, SpankOption,
+};
 
 mod version {
     include!(concat!(env!("OUT_DIR"), "/slurm_version.rs"));
@@ -255,6 +257,13 @@ impl SlurmOne {
 // SAFETY: the plugin starts no thread and holds only plain data, so running its callbacks in
 // the processes slurmstepd forks is sound.
 unsafe impl Plugin for SlurmOne {
+    /// Nothing: slurm-spank's default builds a tracing subscriber (an `EnvFilter` and a
+    /// registry) in every process that loads the plugin, which made each `sbatch` about
+    /// 0.3 ms slower; this plugin logs through SPANK's own functions instead.
+    fn setup(&mut self, _spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
+        Ok(())
+    }
+
     fn init(&mut self, spank: &mut SpankHandle) -> Result<(), Box<dyn Error>> {
         let context = spank.context().map_err(SpankPluginError::Context)?;
         if !matches!(
@@ -334,7 +343,7 @@ unsafe impl Plugin for SlurmOne {
                 if args.require_vm {
                     return Err(SpankPluginError::NotAVm { path: CONTEXT_FILE }.into());
                 }
-                log::debug!("{CONTEXT_FILE} does not exist: not a slurm-one VM, nothing to check");
+                spank_log_debug!("slurm-one: {CONTEXT_FILE} does not exist: not a slurm-one VM, nothing to check");
                 return Ok(());
             }
             Err(e) => {
@@ -348,7 +357,7 @@ unsafe impl Plugin for SlurmOne {
         let job = prolog_job_id(spank)?;
         options::check_vm_identity(CONTEXT_FILE, &context_sh, job)
             .map_err(SpankPluginError::from)?;
-        log::debug!("{CONTEXT_FILE}: this VM was made for job {job}");
+        spank_log_debug!("slurm-one: {CONTEXT_FILE}: this VM was made for job {job}");
         Ok(())
     }
 
