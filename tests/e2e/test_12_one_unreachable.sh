@@ -30,6 +30,7 @@ out=$E2E_TMP/unreachable.out
 # shellcheck disable=SC2016 # $(hostname) expands in the VM
 job=$(submit -N1 -o "$out" --wrap 'echo "ran on $(hostname)"') || fail "sbatch failed"
 comment=$(wait_attempt_failed "$job" 40 "OpenNebula is unreachable") || exit 1
+restarts=$(job_field "$job" Restarts)
 [[ $comment == slurm-one:* ]] || fail "AdminComment does not start with 'slurm-one:': '$comment'"
 [[ $comment == *"$endpoint"* ]] || fail "AdminComment does not name the endpoint $endpoint: '$comment'"
 [[ $comment == *"requeued"* ]] || fail "AdminComment does not say 'requeued': '$comment'"
