@@ -130,7 +130,63 @@ pub fn expand_cpus_per_node(text: &str) -> Option<Vec<u32>> {
 
 /// Expands a SLURM hostlist, `vm[1-3,5]` → `vm1 vm2 vm3 vm5`.
 pub fn expand_hostlist(list: &str) -> Result<Vec<String>, String> {
+    // hostlist-parser expands whatever it is given: bound it first (a garbled `vm[1-9999999999]`
+    // must not exhaust a hook's memory).
+    match hostlist_upper_bound(list) {
+        Some(n) if n > MAX_HOSTLIST_NODES => {
+            return Err(format!(
+                "{list:?} names more than {MAX_HOSTLIST_NODES} nodes"
+            ))
+        }
+        _ => {}
+    }
     hostlist_parser::parse(list).map_err(|e| format!("{list:?} is not a node list: {e}"))
+}
+
+/// More nodes than any SLURM cluster has.
+const MAX_HOSTLIST_NODES: u64 = 100_000;
+
+/// An upper bound of how many names a hostlist expands to (items separated by commas, each
+/// the product of its `[...]` groups, each group the sum of its ranges); `None` if a range
+/// is not numeric (the parser will refuse it).
+fn hostlist_upper_bound(list: &str) -> Option<u64> {
+    let mut total: u64 = 0;
+    let mut item: u64 = 1;
+    let mut group = String::new();
+    let mut in_group = false;
+    for c in list.chars() {
+        match c {
+            '[' if !in_group => {
+                in_group = true;
+                group.clear();
+            }
+            ']' if in_group => {
+                in_group = false;
+                let mut size: u64 = 0;
+                for part in group.split(',') {
+                    let n = match part.split_once('-') {
+                        Some((lo, hi)) => {
+                            let (lo, hi) = (
+                                lo.trim().parse::<u64>().ok()?,
+                                hi.trim().parse::<u64>().ok()?,
+                            );
+                            hi.checked_sub(lo)?.saturating_add(1)
+                        }
+                        None => 1,
+                    };
+                    size = size.saturating_add(n);
+                }
+                item = item.saturating_mul(size);
+            }
+            ',' if !in_group => {
+                total = total.saturating_add(item);
+                item = 1;
+            }
+            _ if in_group => group.push(c),
+            _ => {}
+        }
+    }
+    Some(total.saturating_add(item))
 }
 
 /// `key=value` pairs of one `scontrol show ... -o` line. Values run to the next ` key=`,
@@ -484,6 +540,15 @@ mod tests {
             nodes: None,
         };
         assert_eq!(jobs, LiveJobs::from([(7, unknown)]));
+    }
+
+    #[test]
+    fn huge_node_lists_are_refused_before_expansion() {
+        assert_eq!(hostlist_upper_bound("vm[1-3],x[1-2][1-2]"), Some(7));
+        assert_eq!(expand_hostlist("vm[1-3]").unwrap().len(), 3);
+        let err = expand_hostlist("C[1,0002438-550555553,5]").unwrap_err();
+        assert!(err.contains("more than 100000 nodes"), "{err}");
+        assert!(expand_hostlist("a[1-1000][1-1000]").is_err());
     }
 
     #[test]
