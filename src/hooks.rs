@@ -309,6 +309,11 @@ fn provision_and_register(
         template,
     };
     wait_power_up_requested(cloud);
+    // Until the new VMs' addresses are set, a node must not point at an old VM's address
+    // (another VM may hold it now): should this prolog die, slurmctld would launch the job
+    // there. The node's name is the configured default and reaches nothing.
+    let unset: Vec<(String, String)> = cloud.iter().map(|n| (n.clone(), n.clone())).collect();
+    slurm::set_node_addrs(&unset)?;
     // Which slurmd each node last heard from: only a registration after this one is from
     // the new VM (a stale VM's slurmd may have registered under the name in between jobs).
     let before: Vec<(String, Option<String>)> = slurm::nodes(&cloud.join(","))?

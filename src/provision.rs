@@ -222,6 +222,11 @@ pub trait SlurmView {
     fn return_nodes(&self, _nodes: &[StuckNode]) -> Result<(), String> {
         Ok(())
     }
+
+    /// Says in the job's AdminComment what slurm-one did to it.
+    fn comment_job(&self, _job_id: u32, _text: &str) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A DOWN cloud node.
@@ -1043,6 +1048,11 @@ impl<'a> Provisioner<'a> {
                 log::warn!("reconcile: {reason}; nodes {}", nodes.join(","));
                 if let Err(e) = slurm.fail_nodes(&nodes, &reason) {
                     report.errors.push(format!("job {job_id}: {e}"));
+                } else if let Err(e) = slurm.comment_job(
+                    job_id,
+                    &format!("{reason}; nodes failed, SLURM requeues or ends it"),
+                ) {
+                    log::warn!("job {job_id}: cannot set AdminComment: {e}");
                 }
             }
         }

@@ -482,6 +482,10 @@ impl SlurmView for SlurmCli {
         down_then_power_down(nodes, reason).map_err(|e| e.to_string())
     }
 
+    fn comment_job(&self, job_id: u32, text: &str) -> Result<(), String> {
+        set_job_admin_comment(job_id, text).map_err(|e| e.to_string())
+    }
+
     fn return_nodes(&self, nodes: &[StuckNode]) -> Result<(), String> {
         for n in nodes {
             // A powered-down node only needs its DOWN cleared; a powered-up one (its VM is
