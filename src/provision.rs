@@ -912,7 +912,11 @@ impl<'a> Provisioner<'a> {
                         job_id,
                         node,
                         vm_id: Some(vm.id),
-                        state: if vm.running() {
+                        // A started job's VM serves it (whatever it is doing: migrating,
+                        // ...); only under a configuring job is a VM not yet up "booting".
+                        state: if vm.state == VmState::Suspended {
+                            RowState::Suspended
+                        } else if started || vm.running() {
                             RowState::Running
                         } else {
                             RowState::Booting
