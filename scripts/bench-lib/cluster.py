@@ -431,25 +431,39 @@ def teardown_samples(c, markers, jobs, deadline):
 
 
 def sbatch_overhead(c, runs):
-    """Row 3: sbatch --hold --wrap true with and without the plugin, alternating (ABBA)."""
-    noplug = os.path.join(c.dev, "etc", "slurm-noplugin.conf")
-    empty = os.path.join(c.dev, "etc", "plugstack-empty.conf")
+    """Row 3: sbatch --hold --wrap true with the plugin, without any, and with the floor (a C
+    plugin registering the same two options, benches/baseline/spank_floor.c), in turn."""
+    etc = os.path.join(c.dev, "etc")
+    empty = os.path.join(etc, "plugstack-empty.conf")
     open(empty, "w").close()
-    with open(c.conf) as f, open(noplug, "w") as g:
-        g.write(re.sub(r"(?m)^PlugStackConfig=.*$", f"PlugStackConfig={empty}", f.read()))
-    times = {"plugin": [], "none": []}
+    floor_so = os.path.join(c.dev, "bin", "spank_floor.so")
+    src = os.path.join(ROOT, "benches", "baseline", "spank_floor.c")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", floor_so, src], check=True)
+    floor_stack = os.path.join(etc, "plugstack-floor.conf")
+    with open(floor_stack, "w") as f:
+        f.write(f"required {floor_so}\n")
+    confs = {"plugin": c.conf}
+    with open(c.conf) as f:
+        text = f.read()
+    for name, stack in (("none", empty), ("floor", floor_stack)):
+        confs[name] = os.path.join(etc, f"slurm-{name}.conf")
+        with open(confs[name], "w") as g:
+            g.write(re.sub(r"(?m)^PlugStackConfig=.*$", f"PlugStackConfig={stack}", text))
+    times = {k: [] for k in confs}
     jobs = []
     args = ["sbatch", "--parsable", "--hold", "-o", "/dev/null", "--wrap", "true"]
-    for i in range(runs * 2):
-        which = "plugin" if i % 4 in (0, 3) else "none"
-        env = c.env(c.conf if which == "plugin" else noplug)
-        t = time.perf_counter()
-        r = subprocess.run(args, env=env, capture_output=True, text=True)
-        dt = time.perf_counter() - t
-        if r.returncode != 0:
-            raise RuntimeError(f"sbatch ({which}) failed: {r.stderr.strip()}")
-        times[which].append(dt * 1000)
-        jobs.append(r.stdout.strip().split(";")[0])
+    order = list(confs)
+    for i in range(runs):
+        # Each round runs all three, in a rotating order.
+        for which in order[i % 3:] + order[:i % 3]:
+            env = c.env(confs[which])
+            t = time.perf_counter()
+            r = subprocess.run(args, env=env, capture_output=True, text=True)
+            dt = time.perf_counter() - t
+            if r.returncode != 0:
+                raise RuntimeError(f"sbatch ({which}) failed: {r.stderr.strip()}")
+            times[which].append(dt * 1000)
+            jobs.append(r.stdout.strip().split(";")[0])
     for k in range(0, len(jobs), 50):
         c.run(["scancel", *jobs[k:k + 50]])
     return times
@@ -527,7 +541,7 @@ def main():
     a = ap.parse_args()
     q = a.quick
     n_start = 3 if q else 10
-    n_sbatch = 10 if q else 40
+    n_sbatch = 10 if q else 60
     n_jobs = 30 if q else 200
     cand_nodes, base_nodes = 24, (4 if q else 12)
 
@@ -574,13 +588,18 @@ def main():
 
         # Row 3 on the slurm-one cluster (the plugin is the same in both).
         t3 = sbatch_overhead(cand, n_sbatch)
+        none3 = pct(t3["none"], 50)
         rows.append(row("sbatch_median", "3. sbatch --wrap true, median (plugin vs none)",
-                        pct(t3["plugin"], 50), pct(t3["none"], 50), "ms", ("ratio", 1.05),
-                        {"runs_each": n_sbatch, "order": "ABBA",
+                        pct(t3["plugin"], 50), none3, "ms", ("ratio", 1.05),
+                        {"runs_each": n_sbatch, "order": "plugin, none, floor in rotating order",
                          "command": "sbatch --parsable --hold -o /dev/null --wrap true (held, then scancel)",
                          "without": "same slurm.conf with PlugStackConfig = an empty file",
-                         "p90_ms": {"plugin": rnd(pct(t3["plugin"], 90)), "none": rnd(pct(t3["none"], 90))}}))
-        log(f"row 3: sbatch median {pct(t3['plugin'], 50):.1f} ms with the plugin, {pct(t3['none'], 50):.1f} ms without")
+                         "floor_ratio": rnd(pct(t3["floor"], 50) / none3),
+                         "floor": "a C SPANK plugin registering the same two options (benches/baseline/spank_floor.c)",
+                         "p90_ms": {k: rnd(pct(v, 90)) for k, v in t3.items()},
+                         "median_ms": {k: rnd(pct(v, 50)) for k, v in t3.items()}}))
+        log(f"row 3: sbatch median {pct(t3['plugin'], 50):.2f} ms with the plugin, {none3:.2f} ms without,"
+            f" {pct(t3['floor'], 50):.2f} ms with the C floor plugin")
 
         # Row 5 on the slurm-one cluster while the baseline's idle nodes wait for SuspendTime.
         tp = throughput(cand, markers, n_jobs)
