@@ -15,6 +15,10 @@ use crate::options;
 use crate::provision::{JobRequest, NodeRequest, ProvisionError, Provisioner};
 use crate::slurm::{self, SlurmError};
 
+/// Where a cloud node points while its VM is being made: TEST-NET-1 (RFC 5737), routed
+/// nowhere, numeric so nothing resolves it.
+pub const PARKED_NODE_ADDR: &str = "192.0.2.1";
+
 /// Why a hook failed; the message is what lands in the node reason and job comment.
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
@@ -311,9 +315,13 @@ fn provision_and_register(
     wait_power_up_requested(cloud);
     // Until the new VMs' addresses are set, a node must not point at an old VM's address
     // (another VM may hold it now): should this prolog die, slurmctld would launch the job
-    // there. The node's name is the configured default and reaches nothing.
-    let unset: Vec<(String, String)> = cloud.iter().map(|n| (n.clone(), n.clone())).collect();
-    slurm::set_node_addrs(&unset)?;
+    // there. It is parked at an address that reaches nothing; not the node's name, which
+    // slurmctld would try to resolve, holding its locks while the resolver times out.
+    let parked: Vec<(String, String)> = cloud
+        .iter()
+        .map(|n| (n.clone(), PARKED_NODE_ADDR.to_string()))
+        .collect();
+    slurm::set_node_addrs(&parked)?;
     // Which slurmd each node last heard from: only a registration after this one is from
     // the new VM (a stale VM's slurmd may have registered under the name in between jobs).
     let before: Vec<(String, Option<String>)> = slurm::nodes(&cloud.join(","))?
