@@ -63,7 +63,7 @@ def main():
         floor = (r.get("params") or {}).get("floor_ratio")
         if target and floor is not None:
             # The best any client could reach against this baseline (see the row's params).
-            target += f" (floor {floor:.2g})"
+            target += f" (floor {floor:.3g})"
         print(f"| {r['title']} | {fmt(r['figure'], r['units'])} | {fmt(r['baseline'], r['units'])} "
               f"| {ratio} | {target} | {met} |")
     if missing:
