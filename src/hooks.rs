@@ -329,12 +329,18 @@ fn provision_and_register(
         .map(|n| (n.name, n.slurmd_start))
         .collect();
     let up = Provisioner::new(cfg, one, db).provision(&request)?;
+    // A VM without an IP (no NIC in the template) can only be reached by its node's name.
     let addrs: Vec<(String, String)> = up
         .iter()
-        .filter_map(|n| n.ip.clone().map(|ip| (n.node.clone(), ip)))
+        .map(|n| {
+            (
+                n.node.clone(),
+                n.ip.clone().unwrap_or_else(|| n.node.clone()),
+            )
+        })
         .collect();
-    if addrs.len() != up.len() {
-        log::warn!("job {job_id}: some VMs have no IP; their nodes keep their configured address");
+    if up.iter().any(|n| n.ip.is_none()) {
+        log::warn!("job {job_id}: some VMs have no IP; their nodes get their names as address");
     }
     if !addrs.is_empty() {
         slurm::set_node_addrs(&addrs)?;
