@@ -132,13 +132,10 @@ pub fn expand_cpus_per_node(text: &str) -> Option<Vec<u32>> {
 pub fn expand_hostlist(list: &str) -> Result<Vec<String>, String> {
     // hostlist-parser expands whatever it is given: bound it first (a garbled `vm[1-9999999999]`
     // must not exhaust a hook's memory).
-    match hostlist_upper_bound(list) {
-        Some(n) if n > MAX_HOSTLIST_NODES => {
-            return Err(format!(
-                "{list:?} names more than {MAX_HOSTLIST_NODES} nodes"
-            ))
-        }
-        _ => {}
+    if hostlist_upper_bound(list) > MAX_HOSTLIST_NODES {
+        return Err(format!(
+            "{list:?} names more than {MAX_HOSTLIST_NODES} nodes (or has a range that is not numeric)"
+        ));
     }
     hostlist_parser::parse(list).map_err(|e| format!("{list:?} is not a node list: {e}"))
 }
@@ -147,9 +144,9 @@ pub fn expand_hostlist(list: &str) -> Result<Vec<String>, String> {
 const MAX_HOSTLIST_NODES: u64 = 100_000;
 
 /// An upper bound of how many names a hostlist expands to (items separated by commas, each
-/// the product of its `[...]` groups, each group the sum of its ranges); `None` if a range
-/// is not numeric (the parser will refuse it).
-fn hostlist_upper_bound(list: &str) -> Option<u64> {
+/// the product of its `[...]` groups, each group the sum of its ranges, a reversed range
+/// counted as if in order); `u64::MAX` for a range that is not two numbers.
+fn hostlist_upper_bound(list: &str) -> u64 {
     let mut total: u64 = 0;
     let mut item: u64 = 1;
     let mut group = String::new();
@@ -166,11 +163,10 @@ fn hostlist_upper_bound(list: &str) -> Option<u64> {
                 for part in group.split(',') {
                     let n = match part.split_once('-') {
                         Some((lo, hi)) => {
-                            let (lo, hi) = (
-                                lo.trim().parse::<u64>().ok()?,
-                                hi.trim().parse::<u64>().ok()?,
-                            );
-                            hi.checked_sub(lo)?.saturating_add(1)
+                            match (lo.trim().parse::<u64>(), hi.trim().parse::<u64>()) {
+                                (Ok(lo), Ok(hi)) => hi.abs_diff(lo).saturating_add(1),
+                                _ => u64::MAX,
+                            }
                         }
                         None => 1,
                     };
@@ -186,7 +182,7 @@ fn hostlist_upper_bound(list: &str) -> Option<u64> {
             _ => {}
         }
     }
-    Some(total.saturating_add(item))
+    total.saturating_add(item)
 }
 
 /// `key=value` pairs of one `scontrol show ... -o` line. Values run to the next ` key=`,
@@ -548,7 +544,9 @@ mod tests {
 
     #[test]
     fn huge_node_lists_are_refused_before_expansion() {
-        assert_eq!(hostlist_upper_bound("vm[1-3],x[1-2][1-2]"), Some(7));
+        assert_eq!(hostlist_upper_bound("vm[1-3],x[1-2][1-2]"), 7);
+        assert!(expand_hostlist("C[1,80002438-550,5]").is_err());
+        assert!(expand_hostlist("C[1-x]").is_err());
         assert_eq!(expand_hostlist("vm[1-3]").unwrap().len(), 3);
         let err = expand_hostlist("C[1,0002438-550555553,5]").unwrap_err();
         assert!(err.contains("more than 100000 nodes"), "{err}");
