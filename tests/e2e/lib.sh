@@ -312,6 +312,12 @@ open(path, "w").write(text[:m.end()] + body + text[end:])
 EOF
 }
 
+# config_value SECTION KEY: a value of $SLURM_ONE_CONFIG (as TOML gives it).
+config_value() {
+    python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))[sys.argv[2]][sys.argv[3]])' \
+        "$SLURM_ONE_CONFIG" "$1" "$2"
+}
+
 # config_restore: puts back the config config_set saved (no-op when nothing was changed).
 config_restore() {
     if [ -f "$SLURM_ONE_CONFIG.e2e-orig" ]; then mv -f "$SLURM_ONE_CONFIG.e2e-orig" "$SLURM_ONE_CONFIG"; fi

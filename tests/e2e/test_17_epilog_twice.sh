@@ -11,7 +11,6 @@ set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 case_begin
 
-rows_gone() { [ -z "$(table_rows "$1")" ]; }
 
 job=$(submit -N2 --no-requeue -o /dev/null --wrap "sleep 300") || fail "sbatch failed"
 wait_running "$job" 90
@@ -53,7 +52,7 @@ done
 [ "$rc1" -eq 0 ] && [ "$rc2" -eq 0 ] || fail "epilogs by hand exited $rc1 and $rc2 (want 0 and 0)"
 
 wait_until 60 all_vms_done "$job" || fail "VMs of job $job not DONE 60s after the epilogs: $(vms_of "$job")"
-wait_until 30 rows_gone "$job" || fail "rows of job $job left after the epilogs: $(table_rows "$job")"
+wait_until 30 no_rows "$job" || fail "rows of job $job left after the epilogs: $(table_rows "$job")"
 for p in "$pid1" "$pid2"; do
     log_since "$E2E_LOG" "$mark" | grep -qE "slurm-one-epilog\[$p\]: info: job $job: epilog removed" ||
         fail "epilog pid $p did not log its end: $(log_since "$E2E_LOG" "$mark" | grep -F "[$p]" | tail -3 | tr '\n' ' ')"

@@ -10,10 +10,8 @@ set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 case_begin
 
-db=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["cluster"]["database"])' \
-    "$SLURM_ONE_CONFIG") || fail "no cluster.database in $SLURM_ONE_CONFIG"
+db=$(config_value cluster database) || fail "no cluster.database in $SLURM_ONE_CONFIG"
 [ -f "$db" ] || fail "mapping database $db does not exist"
-rows_gone() { [ -z "$(table_rows "$1")" ]; }
 hook_running() { pgrep -f "^$E2E_DEV/bin/slurm-one-$1" >/dev/null; }
 
 # lock_db N: holds BEGIN EXCLUSIVE on $db in the background until $E2E_TMP/release.N exists
@@ -84,9 +82,9 @@ log "released the lock 5 s after the epilog started"
 state=$(wait_ended "$job" 60) || exit 1
 [ "$state" = COMPLETED ] || fail "job $job ended $state: $(job_summary "$job")"
 wait_until 60 all_vms_done "$job" || fail "VMs of job $job not DONE 60s after the release: $(vms_of "$job")"
-wait_until 30 rows_gone "$job" || fail "rows of job $job left: $(table_rows "$job")"
+wait_until 30 no_rows "$job" || fail "rows of job $job left: $(table_rows "$job")"
 log "hooks on job $job since the lock: $(log_since "$E2E_LOG" "$mark" | grep -E "slurm-one-(epilog|suspend)\[" |
-    grep -E "job $job[: ]" | sed 's/^[0-9]*\.[0-9]* //' | tr '\n' ';')"
+    grep -E "job ${job}[: ]" | sed 's/^[0-9]*\.[0-9]* //' | tr '\n' ';')"
 # The first teardown write, the epilog's or SuspendProgram's (its safety net sees the rows still
 # there while the epilog waits, waits for the lock as well, and may get there first).
 t_down=$(first_write "epilog|suspend" "$job" "-> tearing_down")

@@ -18,8 +18,7 @@ set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 case_begin
 
-db=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["cluster"]["database"])' \
-    "$SLURM_ONE_CONFIG") || fail "no cluster.database in $SLURM_ONE_CONFIG"
+db=$(config_value cluster database) || fail "no cluster.database in $SLURM_ONE_CONFIG"
 [ -f "$db" ] || fail "mapping database $db does not exist"
 loop_pid=$(cat "$E2E_DEV/run/reconcile.pid" 2>/dev/null)
 [ -n "$loop_pid" ] && kill -0 "$loop_pid" 2>/dev/null || fail "the reconcile loop is not running (pid '$loop_pid')"
@@ -34,7 +33,6 @@ rows_are() {
         [ "$(grep -c "rebuilt from VM tags" <<<"$rows")" -eq 2 ]
 }
 logged() { log_since "$E2E_LOG" "$mark" | grep -qF "$1"; }
-rows_gone() { [ -z "$(table_rows "$1")" ]; }
 
 job=$(submit -N2 -o /dev/null --wrap "sleep 300") || fail "sbatch failed"
 wait_running "$job" 90
@@ -106,7 +104,7 @@ mark=$(log_lines "$E2E_LOG")
 scancel "$job" || fail "scancel $job failed"
 wait_ended "$job" 60 >/dev/null || exit 1
 wait_until 60 all_vms_done "$job" || fail "VMs of job $job not DONE 60s after scancel: $(vms_of "$job")"
-wait_until 30 rows_gone "$job" || fail "rows of job $job left: $(table_rows "$job")"
+wait_until 30 no_rows "$job" || fail "rows of job $job left: $(table_rows "$job")"
 log_since "$E2E_LOG" "$mark" | grep -qE "slurm-one-epilog\[[0-9]+\]: info: job $job: teardown terminated [1-9]" ||
     fail "the epilog of job $job did not tear its VMs down through the rows: $(log_since "$E2E_LOG" "$mark" |
         grep -E "job $job" | sed 's/^[0-9.]* //' | tr '\n' ';')"

@@ -9,7 +9,7 @@ source "$(dirname "$0")/lib.sh"
 case_begin
 trap 'one_py fault_clear; cancel_my_jobs' EXIT
 
-grace=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["provisioning"]["orphan_grace"])' "$SLURM_ONE_CONFIG")
+grace=$(config_value provisioning orphan_grace)
 grace_s=$(python3 -c 'import sys; t = sys.argv[1]; print(int(t[:-1]) * (60 if t.endswith("m") else 1))' "$grace")
 round_s=10 # scripts/cluster runs the loop with --interval 10s
 
