@@ -312,7 +312,7 @@ fn provision_and_register(
         cpu_share,
         template,
     };
-    wait_power_up_requested(cloud);
+    let powering_up = wait_power_up_requested(cloud)?;
     // Until the new VMs' addresses are set, a node must not point at an old VM's address
     // (another VM may hold it now): should this prolog die, slurmctld would launch the job
     // there. It is parked at an address that reaches nothing; not the node's name, which
@@ -324,7 +324,7 @@ fn provision_and_register(
     slurm::set_node_addrs(&parked)?;
     // Which slurmd each node last heard from: only a registration after this one is from
     // the new VM (a stale VM's slurmd may have registered under the name in between jobs).
-    let before: Vec<(String, Option<String>)> = slurm::nodes(&cloud.join(","))?
+    let before: Vec<(String, Option<String>)> = powering_up
         .into_iter()
         .map(|n| (n.name, n.slurmd_start))
         .collect();
@@ -362,29 +362,26 @@ fn provision_and_register(
 /// power-up (POWERING_UP): it runs about once a second after the allocation, and from then
 /// on a registration whose boot time precedes that request is ignored ("Still waiting for
 /// boot of node"), so the VMs must boot after it. A VM that registered before it would be
-/// accepted, but that race is not worth relying on.
-fn wait_power_up_requested(nodes: &[String]) {
+/// accepted, but that race is not worth relying on. Returns the nodes as last read.
+fn wait_power_up_requested(nodes: &[String]) -> Result<Vec<slurm::NodeInfo>, SlurmError> {
     let start = Instant::now();
     let list = nodes.join(",");
-    while start.elapsed() < Duration::from_secs(5) {
-        match slurm::nodes(&list) {
-            // POWERING_UP carries the request's time; a node that is not power-saved at
-            // all (no POWERED_DOWN/POWER_UP) will never get it.
-            Ok(info)
-                if info.iter().all(|n| {
-                    n.has("POWERING_UP") || !(n.has("POWERED_DOWN") || n.has("POWER_UP"))
-                }) =>
-            {
-                return
-            }
-            Ok(_) => std::thread::sleep(Duration::from_millis(100)),
-            Err(e) => {
-                log::warn!("cannot read node states before provisioning: {e}");
-                return;
-            }
+    loop {
+        let info = slurm::nodes(&list)?;
+        // POWERING_UP carries the request's time; a node that is not power-saved at all
+        // (no POWERED_DOWN/POWER_UP) will never get it.
+        if info
+            .iter()
+            .all(|n| n.has("POWERING_UP") || !(n.has("POWERED_DOWN") || n.has("POWER_UP")))
+        {
+            return Ok(info);
         }
+        if start.elapsed() >= Duration::from_secs(5) {
+            log::warn!("nodes {list} still not powering up after 5 s; provisioning anyway");
+            return Ok(info);
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    log::warn!("nodes {list} still not powering up after 5 s; provisioning anyway");
 }
 
 /// Waits until every node of the job is up with a slurmd other than the one it had
