@@ -312,7 +312,12 @@ fn provision_and_register(
         cpu_share,
         template,
     };
-    let powering_up = wait_power_up_requested(cloud)?;
+    // Which slurmd each node last heard from: only a registration after this one is from
+    // the new VM (a stale VM's slurmd may have registered under the name in between jobs).
+    let before: Vec<(String, Option<String>)> = slurm::nodes(&cloud.join(","))?
+        .into_iter()
+        .map(|n| (n.name, n.slurmd_start))
+        .collect();
     // Until the new VMs' addresses are set, a node must not point at an old VM's address
     // (another VM may hold it now): should this prolog die, slurmctld would launch the job
     // there. It is parked at an address that reaches nothing; not the node's name, which
@@ -322,12 +327,9 @@ fn provision_and_register(
         .map(|n| (n.clone(), PARKED_NODE_ADDR.to_string()))
         .collect();
     slurm::set_node_addrs(&parked)?;
-    // Which slurmd each node last heard from: only a registration after this one is from
-    // the new VM (a stale VM's slurmd may have registered under the name in between jobs).
-    let before: Vec<(String, Option<String>)> = powering_up
-        .into_iter()
-        .map(|n| (n.name, n.slurmd_start))
-        .collect();
+    // The VMs are made at once, while slurmctld's power-save pass (about a second after the
+    // allocation) has yet to ask for the nodes' power-up: a VM boots for far longer than
+    // that, and one whose slurmd was faster is handled in `wait_registered`.
     let up = Provisioner::new(cfg, one, db).provision(&request)?;
     // A VM without an IP (no NIC in the template) can only be reached by its node's name.
     let addrs: Vec<(String, String)> = up
@@ -345,7 +347,7 @@ fn provision_and_register(
     if !addrs.is_empty() {
         slurm::set_node_addrs(&addrs)?;
     }
-    let result = wait_registered(cfg, cloud, &before);
+    let result = wait_registered(cfg, one, job_id, &up, cloud, &before);
     if result.is_err() {
         // The VMs are up but useless to SLURM: do not leave them running.
         let _ = Provisioner::new(cfg, one, db).teardown(job_id);
@@ -358,36 +360,53 @@ fn provision_and_register(
     Ok(())
 }
 
-/// Waits (up to a few seconds) until slurmctld's power-save thread has asked for the nodes'
-/// power-up (POWERING_UP): it runs about once a second after the allocation, and from then
-/// on a registration whose boot time precedes that request is ignored ("Still waiting for
-/// boot of node"), so the VMs must boot after it. A VM that registered before it would be
-/// accepted, but that race is not worth relying on. Returns the nodes as last read.
-fn wait_power_up_requested(nodes: &[String]) -> Result<Vec<slurm::NodeInfo>, SlurmError> {
-    let start = Instant::now();
-    let list = nodes.join(",");
-    loop {
-        let info = slurm::nodes(&list)?;
-        // POWERING_UP carries the request's time; a node that is not power-saved at all
-        // (no POWERED_DOWN/POWER_UP) will never get it.
-        if info
-            .iter()
-            .all(|n| n.has("POWERING_UP") || !(n.has("POWERED_DOWN") || n.has("POWER_UP")))
-        {
-            return Ok(info);
-        }
-        if start.elapsed() >= Duration::from_secs(5) {
-            log::warn!("nodes {list} still not powering up after 5 s; provisioning anyway");
-            return Ok(info);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Where the job's nodes stand: those still without the new VM's slurmd, and among them
+/// those whose new slurmd registered and was ignored.
+#[derive(Debug, PartialEq, Eq)]
+struct Registration<'a> {
+    /// Nodes not yet up with a slurmd newer than the one they had `before`.
+    waiting: Vec<&'a str>,
+    /// Nodes whose new slurmd registered while they stay POWERING_UP, with that slurmd's
+    /// start: slurmctld ignores a registration whose boot time precedes its power-up request
+    /// ("Still waiting for boot of node"; a registration it accepts clears POWERING_UP in
+    /// the same step), and that slurmd will not register again.
+    ignored: Vec<(&'a str, Option<&'a str>)>,
 }
+
+fn registration<'a>(
+    info: &'a [slurm::NodeInfo],
+    before: &[(String, Option<String>)],
+) -> Registration<'a> {
+    let mut state = Registration {
+        waiting: Vec::new(),
+        ignored: Vec::new(),
+    };
+    for n in info {
+        let old_slurmd = before
+            .iter()
+            .any(|(name, start)| *name == n.name && *start == n.slurmd_start);
+        if old_slurmd || n.has("POWERING_UP") || n.has("NOT_RESPONDING") || n.has("POWERED_DOWN") {
+            state.waiting.push(&n.name);
+            if !old_slurmd && n.has("POWERING_UP") {
+                state.ignored.push((&n.name, n.slurmd_start.as_deref()));
+            }
+        }
+    }
+    state
+}
+
+/// How often the prolog reboots a VM whose registration slurmctld ignored.
+const MAX_REBOOTS_PER_NODE: u32 = 2;
 
 /// Waits until every node of the job is up with a slurmd other than the one it had
 /// `before` the VMs were made: not powering up, responding, and a new SlurmdStartTime.
+/// A VM that booted before slurmctld asked for its node's power-up is rebooted through
+/// OpenNebula, so that it boots, and registers, after the request.
 fn wait_registered(
     cfg: &Config,
+    one: &Client,
+    job_id: u32,
+    up: &[crate::provision::ProvisionedNode],
     nodes: &[String],
     before: &[(String, Option<String>)],
 ) -> Result<(), HookError> {
@@ -397,27 +416,38 @@ fn wait_registered(
         .provisioning
         .poll_interval
         .min(Duration::from_millis(500));
+    // Per node: the ignored slurmd start it was rebooted for, and how many reboots.
+    let mut rebooted: Vec<(String, Option<String>, u32)> = Vec::new();
     loop {
         let info = slurm::nodes(&list)?;
-        let waiting: Vec<&str> = info
-            .iter()
-            .filter(|n| {
-                let old_slurmd = before
-                    .iter()
-                    .any(|(name, start)| *name == n.name && *start == n.slurmd_start);
-                old_slurmd
-                    || n.has("POWERING_UP")
-                    || n.has("NOT_RESPONDING")
-                    || n.has("POWERED_DOWN")
-            })
-            .map(|n| n.name.as_str())
-            .collect();
-        if waiting.is_empty() {
+        let state = registration(&info, before);
+        if state.waiting.is_empty() {
             return Ok(());
+        }
+        for (node, slurmd_start) in &state.ignored {
+            let done = rebooted.iter().find(|(n, _, _)| n == node);
+            if done.is_some_and(|(_, s, k)| {
+                s.as_deref() == *slurmd_start || *k >= MAX_REBOOTS_PER_NODE
+            }) {
+                continue;
+            }
+            let Some(vm) = up.iter().find(|u| u.node == *node).map(|u| u.vm_id) else {
+                continue;
+            };
+            log::warn!(
+                "job {job_id}: slurmctld ignored node {node}'s registration (VM {vm} booted before \
+                 the power-up request); rebooting VM {vm}"
+            );
+            if let Err(e) = one.vm_action(crate::one::client::VmAction::Reboot, vm) {
+                log::error!("job {job_id}: cannot reboot VM {vm} of node {node}: {e}");
+            }
+            let count = done.map_or(0, |(_, _, k)| *k) + 1;
+            rebooted.retain(|(n, _, _)| n != node);
+            rebooted.push((node.to_string(), slurmd_start.map(str::to_string), count));
         }
         if start.elapsed() >= cfg.provisioning.register_timeout {
             return Err(HookError::Registration {
-                nodes: waiting.join(","),
+                nodes: state.waiting.join(","),
                 waited: start.elapsed(),
             });
         }
@@ -584,5 +614,52 @@ mod tests {
         assert!(err.to_string().contains("does not match 2 nodes"), "{err}");
         let err = PrologEnv::read(&env(&[("SLURM_JOB_ID", "x1")])).unwrap_err();
         assert!(err.to_string().contains("not a job id"), "{err}");
+    }
+
+    fn node(name: &str, state: &str, slurmd_start: Option<&str>) -> slurm::NodeInfo {
+        slurm::NodeInfo {
+            name: name.into(),
+            state: state.split('+').map(str::to_string).collect(),
+            addr: "192.0.2.1".into(),
+            reason: None,
+            slurmd_start: slurmd_start.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn registration_tells_waiting_nodes_from_ignored_registrations() {
+        let before = vec![
+            ("vm1".to_string(), Some("T0".to_string())),
+            ("vm2".to_string(), None),
+            ("vm3".to_string(), Some("T0".to_string())),
+            ("vm4".to_string(), None),
+            ("vm5".to_string(), None),
+        ];
+        let info = vec![
+            // Up, but still the slurmd it had before: a stale VM's.
+            node("vm1", "ALLOCATED+CLOUD", Some("T0")),
+            // Up with a new slurmd: registered.
+            node("vm2", "ALLOCATED+CLOUD", Some("T1")),
+            // A new slurmd, yet still POWERING_UP: slurmctld ignored it.
+            node(
+                "vm3",
+                "ALLOCATED+CLOUD+POWERING_UP+NOT_RESPONDING",
+                Some("T2"),
+            ),
+            // Nothing registered yet.
+            node("vm4", "ALLOCATED+CLOUD+POWERING_UP+NOT_RESPONDING", None),
+            // Registered before the power-up request: accepted, flags cleared.
+            node("vm5", "ALLOCATED+CLOUD", Some("T3")),
+        ];
+        let state = registration(&info, &before);
+        assert_eq!(state.waiting, vec!["vm1", "vm3", "vm4"]);
+        assert_eq!(state.ignored, vec![("vm3", Some("T2"))]);
+
+        let all_up = vec![
+            node("vm1", "ALLOCATED+CLOUD", Some("T4")),
+            node("vm2", "ALLOCATED+CLOUD", Some("T1")),
+        ];
+        let state = registration(&all_up, &before);
+        assert!(state.waiting.is_empty() && state.ignored.is_empty());
     }
 }

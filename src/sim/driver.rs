@@ -148,27 +148,32 @@ impl Driver for NamespaceDriver {
     }
     fn call(&self, call: DriverCall, spec: &BootSpec) -> Result<(), String> {
         let id = spec.vm_id;
+        let boot = || -> Result<VmBoot, String> {
+            let Some(ip) = spec.ip else {
+                return Err(format!(
+                    "VM {id} has no NIC: the ns driver needs NIC = [ NETWORK_ID = 0 ]"
+                ));
+            };
+            Ok(VmBoot {
+                vm_id: id,
+                ip,
+                mac: super::model::mac_for(ip),
+                hostname: spec.hostname.clone(),
+                context: spec.context.clone(),
+                start_script: spec.start_script.clone(),
+                report_ready: spec.report_ready,
+            })
+        };
         let result = match call {
-            DriverCall::Boot => {
-                let Some(ip) = spec.ip else {
-                    return Err(format!(
-                        "VM {id} has no NIC: the ns driver needs NIC = [ NETWORK_ID = 0 ]"
-                    ));
-                };
-                let boot = VmBoot {
-                    vm_id: id,
-                    ip,
-                    mac: super::model::mac_for(ip),
-                    hostname: spec.hostname.clone(),
-                    context: spec.context.clone(),
-                    start_script: spec.start_script.clone(),
-                    report_ready: spec.report_ready,
-                };
-                self.ns.boot(&boot)
-            }
+            DriverCall::Boot => self.ns.boot(&boot()?),
             DriverCall::Suspend => self.ns.suspend(id),
             DriverCall::Resume => self.ns.resume(id),
             DriverCall::Destroy => self.ns.destroy(id),
+            // A new guest in place of the old one: fresh processes, uptime and contextualization.
+            DriverCall::Reboot => {
+                let vm = boot()?;
+                self.ns.destroy(id).and_then(|()| self.ns.boot(&vm))
+            }
         };
         result.map_err(|e| e.to_string())
     }

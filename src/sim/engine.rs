@@ -167,7 +167,8 @@ impl Sim {
                     if vm.wants_ready() && vm.user_template.get("READY").is_none() {
                         watch_ready.push(vm.id);
                     }
-                    if monitor {
+                    // A guest being rebooted is briefly gone; that is not a power-off.
+                    if monitor && vm.op != DriverOp::Busy {
                         watch_alive.push(vm.id);
                     }
                 }
@@ -238,6 +239,9 @@ impl Sim {
             if vm.op == DriverOp::Busy {
                 vm.op = match result {
                     Ok(()) => DriverOp::Idle,
+                    // A failed reboot leaves the VM RUNNING (its guest is then gone, which
+                    // monitoring turns into POWEROFF), as oned does.
+                    Err(_) if call == DriverCall::Reboot => DriverOp::Idle,
                     Err(e) => DriverOp::Failed(e),
                 };
             }
@@ -347,6 +351,7 @@ fn resume_interrupted_calls(cloud: &mut Cloud) {
             | LcmState::BOOT_UNDEPLOY => Some(DriverCall::Boot),
             LcmState::BOOT_SUSPENDED | LcmState::BOOT_MIGRATE => Some(DriverCall::Resume),
             LcmState::SAVE_SUSPEND | LcmState::SAVE_MIGRATE => Some(DriverCall::Suspend),
+            LcmState::RUNNING => Some(DriverCall::Reboot),
             _ => Some(DriverCall::Destroy),
         };
     }

@@ -291,6 +291,8 @@ pub enum DriverCall {
     Resume,
     /// End every process and remove it.
     Destroy,
+    /// Restart the guest in place (same NIC and address); the VM stays RUNNING.
+    Reboot,
 }
 
 /// A virtual machine.
@@ -1444,6 +1446,8 @@ impl Cloud {
                     return Err(not_available());
                 }
                 vm.resched = false;
+                // oned keeps the VM RUNNING while the driver restarts the guest.
+                vm.pending_call = Some(DriverCall::Reboot);
             }
             "resched" | "unresched" => {
                 let ok = vm.running()

@@ -318,6 +318,21 @@ config_value() {
         "$SLURM_ONE_CONFIG" "$1" "$2"
 }
 
+# config_sub REGEX REPLACEMENT: Python re.sub (multiline) on the whole $SLURM_ONE_CONFIG,
+# saved first like config_set (for multi-line values); fails when REGEX matches nothing.
+config_sub() {
+    [ -f "$SLURM_ONE_CONFIG.e2e-orig" ] || cp -p "$SLURM_ONE_CONFIG" "$SLURM_ONE_CONFIG.e2e-orig"
+    python3 - "$SLURM_ONE_CONFIG" "$1" "$2" <<'EOF'
+import re, sys
+path, pattern, repl = sys.argv[1:]
+text = open(path).read()
+text, n = re.subn(pattern, repl, text, flags=re.M)
+if n == 0:
+    sys.exit(f"config_sub: {pattern!r} matches nothing in {path}")
+open(path, "w").write(text)
+EOF
+}
+
 # config_restore: puts back the config config_set saved (no-op when nothing was changed).
 config_restore() {
     if [ -f "$SLURM_ONE_CONFIG.e2e-orig" ]; then mv -f "$SLURM_ONE_CONFIG.e2e-orig" "$SLURM_ONE_CONFIG"; fi

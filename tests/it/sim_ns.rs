@@ -232,3 +232,43 @@ fn an_ns_vm_whose_keeper_is_killed_goes_to_poweroff_and_boots_again_on_resume() 
     assert_vm_gone(&sim, b.vm, &mark);
     assert!(netns_of_tag(&tag).is_empty());
 }
+
+#[test]
+fn an_ns_vm_rebooted_gets_a_new_guest_on_the_same_address_and_stays_running() {
+    if !ns_capable("ns reboot") {
+        return;
+    }
+    let sim = Sim::start(Opts::ns(16));
+    let mark = marker(16);
+    let b = boot_listener_vm(&sim, "it-ns-reboot", "node16", &mark);
+
+    // oned: reboot keeps the VM RUNNING (3/3) while the guest restarts.
+    sim.action("reboot", b.vm);
+    assert!(
+        poll_until(Duration::from_secs(10), || keeper_of(&b.netns, b.vm)
+            .is_some_and(|k| k != b.keeper)),
+        "the guest of VM {} was not restarted\n{}",
+        b.vm,
+        sim.log_tail()
+    );
+    assert_eq!(sim.vm_get(b.vm, "STATE").as_deref(), Some("3"));
+    assert_eq!(sim.vm_get(b.vm, "LCM_STATE").as_deref(), Some("3"));
+    assert_eq!(sim.vm_get(b.vm, "TEMPLATE/NIC/IP"), Some(b.ip.clone()));
+    assert!(
+        poll_until(Duration::from_secs(10), || http_answers(
+            &b.ip,
+            8080,
+            Duration::from_secs(1)
+        )),
+        "no listener after the reboot\n{}",
+        sim.log_tail()
+    );
+    assert_eq!(pids_with_marker(&mark).len(), 1, "only the new listener");
+    // Monitoring did not take the restart for a guest that went away.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(sim.vm_get(b.vm, "LCM_STATE").as_deref(), Some("3"));
+
+    sim.action("terminate", b.vm);
+    sim.wait_state(b.vm, DONE, LCM_INIT, STEP);
+    assert_vm_gone(&sim, b.vm, &mark);
+}
