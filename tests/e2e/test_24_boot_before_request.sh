@@ -24,7 +24,7 @@ ended=$(wait_ended "$job" 60)
 [ "$ended" = COMPLETED ] || fail "job $job ended $ended, not COMPLETED: $(job_summary "$job")"
 hook=$(log_since "$E2E_LOG" "$hook_mark")
 reboot=$(grep -E "job $job: slurmctld ignored node [^ ]+'s registration .*rebooting VM $vm\$" <<<"$hook" | head -1)
-[ -n "$reboot" ] || fail "no reboot of VM $vm in the hook log; job $job lines: $(grep -E "job $job[:,]" <<<"$hook" | tr '\n' ';')"
+[ -n "$reboot" ] || fail "no reboot of VM $vm in the hook log; job $job lines: $(grep -E "job ${job}[:,]" <<<"$hook" | tr '\n' ';')"
 log "hook: $reboot"
 grep -qE "job $job: 1 nodes registered, job can start" <<<"$hook" ||
-    fail "the prolog did not see the rebooted VM register: $(grep -E "job $job[:,]" <<<"$hook" | tr '\n' ';')"
+    fail "the prolog did not see the rebooted VM register: $(grep -E "job ${job}[:,]" <<<"$hook" | tr '\n' ';')"
