@@ -504,8 +504,8 @@ pub fn epilog_slurmctld(
 
 /// The old VM's slurmd may have answered once more (its epilog-complete message) after the
 /// nodes were set DOWN, and with `ReturnToService=2` slurmctld then "returns to service" a
-/// node that is powering down. Now that the VMs are gone, such a node is set DOWN again so
-/// it cannot be handed out before it is powered down.
+/// node that is powering down: a registration clears POWERING_DOWN. Now that the VMs are
+/// gone, such a node is set DOWN again so it cannot be handed out before it is powered down.
 fn reassert_down(nodes: &[String], job_id: u32) {
     if nodes.is_empty() {
         return;
@@ -513,7 +513,7 @@ fn reassert_down(nodes: &[String], job_id: u32) {
     let back: Vec<String> = match slurm::nodes(&nodes.join(",")) {
         Ok(info) => info
             .into_iter()
-            .filter(|n| !n.has("DOWN") && n.has("POWERING_DOWN") && !n.has("ALLOCATED"))
+            .filter(returned_to_service)
             .map(|n| n.name)
             .collect(),
         Err(e) => {
@@ -534,6 +534,21 @@ fn reassert_down(nodes: &[String], job_id: u32) {
     ) {
         log::warn!("job {job_id}: {e}");
     }
+}
+
+/// A node of an ended job that is neither DOWN nor on its way to power-down, and not given
+/// to another job: usable, at the address of a VM that is gone. (IDLE+POWERING_DOWN is not
+/// such a node: with `idle_on_node_suspend` slurmctld makes every node it powers down IDLE.)
+fn returned_to_service(n: &slurm::NodeInfo) -> bool {
+    ![
+        "DOWN",
+        "ALLOCATED",
+        "POWER_DOWN",
+        "POWERING_DOWN",
+        "POWERED_DOWN",
+    ]
+    .iter()
+    .any(|flag| n.has(flag))
 }
 
 /// SuspendProgram (argv[1] = hostlist): terminate whatever is still mapped to these nodes.
@@ -661,5 +676,20 @@ mod tests {
         ];
         let state = registration(&all_up, &before);
         assert!(state.waiting.is_empty() && state.ignored.is_empty());
+    }
+
+    #[test]
+    fn only_nodes_with_no_power_down_under_way_count_as_returned_to_service() {
+        // What the epilog leaves, and what slurmctld's power-save pass makes of it.
+        for state in [
+            "DOWN+CLOUD+POWER_DOWN",
+            "IDLE+CLOUD+POWERING_DOWN",
+            "IDLE+CLOUD+POWERED_DOWN",
+            "ALLOCATED+CLOUD",
+        ] {
+            assert!(!returned_to_service(&node("vm1", state, None)), "{state}");
+        }
+        // A registration of the old slurmd cleared POWERING_DOWN.
+        assert!(returned_to_service(&node("vm1", "IDLE+CLOUD", Some("T1"))));
     }
 }
