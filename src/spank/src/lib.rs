@@ -382,6 +382,26 @@ unsafe impl Plugin for SlurmOne {
 mod tests {
     use super::*;
 
+    /// build.rs links GCC's static unwinder in place of libgcc_s (this test binary too):
+    /// a panic must still unwind to slurm-spank's catch_unwind.
+    #[test]
+    fn panics_unwind_with_the_static_unwinder() {
+        let caught = std::panic::catch_unwind(|| panic!("unwinds"));
+        assert!(caught.is_err());
+        let dropped = std::rc::Rc::new(());
+        let held = std::rc::Rc::clone(&dropped);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _held = held;
+            panic!("drops what it held");
+        }));
+        assert!(caught.is_err());
+        assert_eq!(
+            std::rc::Rc::strong_count(&dropped),
+            1,
+            "unwinding ran the drop"
+        );
+    }
+
     #[test]
     fn plugstack_args_are_key_value_with_known_keys() {
         assert_eq!(PluginArgs::parse(&[]).unwrap(), PluginArgs::default());
