@@ -480,11 +480,33 @@ pub fn epilog_slurmctld(
                     && !n.has("DRAIN")
                     && !n.has("POWERING_DOWN")
                     && !n.has("POWERED_DOWN")
+                    && !taken_by_next_job(n)
             })
             .map(|n| n.name)
             .collect()
     } else {
-        rows.iter().map(|r| r.node.clone()).collect()
+        let mapped: Vec<String> = rows.iter().map(|r| r.node.clone()).collect();
+        match slurm::nodes(&mapped.join(",")) {
+            Ok(info) => info
+                .into_iter()
+                .filter(|n| {
+                    let taken = taken_by_next_job(n);
+                    if taken {
+                        log::info!(
+                            "job {job_id}: node {} already belongs to the next job (its prolog \
+                             makes its own VM): not set DOWN",
+                            n.name
+                        );
+                    }
+                    !taken
+                })
+                .map(|n| n.name)
+                .collect(),
+            Err(e) => {
+                log::warn!("job {job_id}: cannot read the nodes' states ({e}); setting all DOWN");
+                mapped
+            }
+        }
     };
     if let Err(e) = slurm::down_then_power_down(
         &nodes,
@@ -534,6 +556,13 @@ fn reassert_down(nodes: &[String], job_id: u32) {
     ) {
         log::warn!("job {job_id}: {e}");
     }
+}
+
+/// SLURM frees a node for the next job as soon as its slurmd's epilog is done, which can be
+/// before EpilogSlurmctld has set it DOWN: the node is then ALLOCATED without COMPLETING.
+/// Setting it DOWN would requeue that job; its prolog makes its own VM instead.
+fn taken_by_next_job(n: &slurm::NodeInfo) -> bool {
+    (n.has("ALLOCATED") || n.has("MIXED")) && !n.has("COMPLETING")
 }
 
 /// A node of an ended job that is neither DOWN nor on its way to power-down, and not given
@@ -676,6 +705,24 @@ mod tests {
         ];
         let state = registration(&all_up, &before);
         assert!(state.waiting.is_empty() && state.ignored.is_empty());
+    }
+
+    #[test]
+    fn a_node_allocated_and_not_completing_belongs_to_the_next_job() {
+        assert!(taken_by_next_job(&node(
+            "vm1",
+            "ALLOCATED+CLOUD",
+            Some("T1")
+        )));
+        assert!(taken_by_next_job(&node("vm1", "MIXED+CLOUD", Some("T1"))));
+        for state in [
+            "ALLOCATED+CLOUD+COMPLETING",
+            "IDLE+CLOUD+COMPLETING",
+            "IDLE+CLOUD",
+            "DOWN+CLOUD",
+        ] {
+            assert!(!taken_by_next_job(&node("vm1", state, None)), "{state}");
+        }
     }
 
     #[test]
