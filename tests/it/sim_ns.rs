@@ -27,15 +27,7 @@ fn boot_listener_vm(sim: &Sim, name: &str, hostname: &str, mark: &str) -> Booted
     let ip = sim.vm_get(vm, "TEMPLATE/NIC/IP").expect("TEMPLATE/NIC/IP");
     let prefix = format!("10.198.{}.", sim.opts.net);
     assert!(ip.starts_with(&prefix), "IP {ip} outside {prefix}0/24");
-    assert!(
-        poll_until(Duration::from_secs(10), || http_answers(
-            &ip,
-            8080,
-            Duration::from_secs(1)
-        )),
-        "the VM's listener at {ip}:8080 does not answer\n{}",
-        sim.log_tail()
-    );
+    assert_listener_answers(sim, &ip, "after boot");
     let netns = netns_name(&sim.tag(), vm as u32);
     let keeper = keeper_of(&netns, vm)
         .unwrap_or_else(|| panic!("no vmkeeper{vm} in netns {netns}\n{}", sim.log_tail()));
@@ -45,6 +37,19 @@ fn boot_listener_vm(sim: &Sim, name: &str, hostname: &str, mark: &str) -> Booted
         netns,
         keeper,
     }
+}
+
+/// Asserts the VM's listener (from [`ns_vm_template`]) at `ip`:8080 answers within 10 s.
+fn assert_listener_answers(sim: &Sim, ip: &str, when: &str) {
+    assert!(
+        poll_until(Duration::from_secs(10), || http_answers(
+            ip,
+            8080,
+            Duration::from_secs(1)
+        )),
+        "the VM's listener at {ip}:8080 does not answer {when}\n{}",
+        sim.log_tail()
+    );
 }
 
 /// Asserts nothing of VM `vm` is left: netns, veth, processes with `mark`.
@@ -214,15 +219,7 @@ fn an_ns_vm_whose_keeper_is_killed_goes_to_poweroff_and_boots_again_on_resume() 
     // oned: resume from POWEROFF boots the VM again (3/20 -> RUNNING).
     sim.action("resume", b.vm);
     sim.wait_state(b.vm, ACTIVE, RUNNING, BOOT);
-    assert!(
-        poll_until(Duration::from_secs(10), || http_answers(
-            &b.ip,
-            8080,
-            Duration::from_secs(1)
-        )),
-        "no listener after the reboot\n{}",
-        sim.log_tail()
-    );
+    assert_listener_answers(&sim, &b.ip, "after the reboot");
     let keeper = keeper_of(&b.netns, b.vm).expect("a new keeper");
     assert_ne!(keeper, b.keeper);
     assert_eq!(pids_with_marker(&mark).len(), 1, "only the new listener");
@@ -254,15 +251,7 @@ fn an_ns_vm_rebooted_gets_a_new_guest_on_the_same_address_and_stays_running() {
     assert_eq!(sim.vm_get(b.vm, "STATE").as_deref(), Some("3"));
     assert_eq!(sim.vm_get(b.vm, "LCM_STATE").as_deref(), Some("3"));
     assert_eq!(sim.vm_get(b.vm, "TEMPLATE/NIC/IP"), Some(b.ip.clone()));
-    assert!(
-        poll_until(Duration::from_secs(10), || http_answers(
-            &b.ip,
-            8080,
-            Duration::from_secs(1)
-        )),
-        "no listener after the reboot\n{}",
-        sim.log_tail()
-    );
+    assert_listener_answers(&sim, &b.ip, "after the reboot");
     assert_eq!(pids_with_marker(&mark).len(), 1, "only the new listener");
     // Monitoring did not take the restart for a guest that went away.
     std::thread::sleep(Duration::from_secs(2));
