@@ -25,12 +25,13 @@ noticed=""
 end=$((t0 + 120))
 while [ $SECONDS -lt $end ]; do
     s=$(job_state "$job")
-    if [ "$s" != RUNNING ]; then noticed=$s; break; fi
+    # COMPLETING is on the way (a requeued job completes its steps first): wait past it.
+    case $s in RUNNING | COMPLETING) ;; *) noticed=$s; break ;; esac
     sleep 1
 done
 vm_state=$(vms_of "$job" | awk '{print "STATE " $2 " LCM " $3}')
 if [ -z "$noticed" ]; then
-    fail "SLURM did not notice VM $id ($node) died within $((SECONDS - t0))s: job still RUNNING," \
+    fail "SLURM did not notice VM $id ($node) died within $((SECONDS - t0))s: job still $s," \
         "node $node is '$(sinfo -h -n "$node" -o %T)', VM $vm_state in one-sim (SLURM by itself" \
         "notices a lost slurmd only via SlurmdTimeout, default 300s: 474s measured here)"
 fi
