@@ -456,8 +456,9 @@ fn wait_registered(
 }
 
 /// EpilogSlurmctld: nodes DOWN → POWER_DOWN (so they cannot be given to a new job while
-/// their VMs go), then terminate the VMs and clear the rows. DOWN also ends the nodes'
-/// COMPLETING state, whose epilog-complete message the removed VMs will never send.
+/// their VMs go; one SLURM already gave to the next job is left to it), then terminate the
+/// VMs and clear the rows. DOWN also ends the nodes' COMPLETING state, whose epilog-complete
+/// message the removed VMs will never send.
 pub fn epilog_slurmctld(
     cfg: &Config,
     one: &Client,
