@@ -6,6 +6,7 @@
 //! Every SLURM-facing step goes through [`crate::slurm`]; every OpenNebula one through
 //! [`crate::provision`].
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -416,8 +417,8 @@ fn wait_registered(
         .provisioning
         .poll_interval
         .min(Duration::from_millis(500));
-    // Per node: the ignored slurmd start it was rebooted for, and how many reboots.
-    let mut rebooted: Vec<(String, Option<String>, u32)> = Vec::new();
+    // Per node: the ignored slurmd start it was last rebooted for, and how many reboots.
+    let mut rebooted: BTreeMap<String, (Option<String>, u32)> = BTreeMap::new();
     loop {
         let info = slurm::nodes(&list)?;
         let state = registration(&info, before);
@@ -425,10 +426,8 @@ fn wait_registered(
             return Ok(());
         }
         for (node, slurmd_start) in &state.ignored {
-            let done = rebooted.iter().find(|(n, _, _)| n == node);
-            if done.is_some_and(|(_, s, k)| {
-                s.as_deref() == *slurmd_start || *k >= MAX_REBOOTS_PER_NODE
-            }) {
+            let (last, count) = rebooted.get(*node).cloned().unwrap_or((None, 0));
+            if (count > 0 && last.as_deref() == *slurmd_start) || count >= MAX_REBOOTS_PER_NODE {
                 continue;
             }
             let Some(vm) = up.iter().find(|u| u.node == *node).map(|u| u.vm_id) else {
@@ -441,9 +440,10 @@ fn wait_registered(
             if let Err(e) = one.vm_action(crate::one::client::VmAction::Reboot, vm) {
                 log::error!("job {job_id}: cannot reboot VM {vm} of node {node}: {e}");
             }
-            let count = done.map_or(0, |(_, _, k)| *k) + 1;
-            rebooted.retain(|(n, _, _)| n != node);
-            rebooted.push((node.to_string(), slurmd_start.map(str::to_string), count));
+            rebooted.insert(
+                node.to_string(),
+                (slurmd_start.map(str::to_string), count + 1),
+            );
         }
         if start.elapsed() >= cfg.provisioning.register_timeout {
             return Err(HookError::Registration {
@@ -469,45 +469,41 @@ pub fn epilog_slurmctld(
     let rows = db
         .job_rows(&cfg.cluster.name, job_id)
         .map_err(|source| ProvisionError::Mapping { job_id, source })?;
-    let nodes: Vec<String> = if rows.is_empty() {
-        // Nothing recorded: a failed prolog already removed its VMs and set its nodes DOWN
-        // with the reason, which must stay visible. Only a cloud node still up is taken down.
-        let list = nodes_from(env)?;
-        slurm::nodes(&list.join(","))?
+    // Nothing recorded: a failed prolog already removed its VMs and set its nodes DOWN with
+    // the reason, which must stay visible. Only a cloud node still up is taken down then.
+    let recorded = !rows.is_empty();
+    let candidates: Vec<String> = if recorded {
+        rows.iter().map(|r| r.node.clone()).collect()
+    } else {
+        nodes_from(env)?
+    };
+    let nodes: Vec<String> = match slurm::nodes(&candidates.join(",")) {
+        Ok(info) => info
             .into_iter()
             .filter(|n| {
-                n.has("CLOUD")
-                    && !n.has("DOWN")
-                    && !n.has("DRAIN")
-                    && !n.has("POWERING_DOWN")
-                    && !n.has("POWERED_DOWN")
-                    && !taken_by_next_job(n)
+                if taken_by_next_job(n) {
+                    log::info!(
+                        "job {job_id}: node {} already belongs to the next job (its prolog \
+                         makes its own VM): not set DOWN",
+                        n.name
+                    );
+                    return false;
+                }
+                recorded
+                    || (n.has("CLOUD")
+                        && !n.has("DOWN")
+                        && !n.has("DRAIN")
+                        && !n.has("POWERING_DOWN")
+                        && !n.has("POWERED_DOWN"))
             })
             .map(|n| n.name)
-            .collect()
-    } else {
-        let mapped: Vec<String> = rows.iter().map(|r| r.node.clone()).collect();
-        match slurm::nodes(&mapped.join(",")) {
-            Ok(info) => info
-                .into_iter()
-                .filter(|n| {
-                    let taken = taken_by_next_job(n);
-                    if taken {
-                        log::info!(
-                            "job {job_id}: node {} already belongs to the next job (its prolog \
-                             makes its own VM): not set DOWN",
-                            n.name
-                        );
-                    }
-                    !taken
-                })
-                .map(|n| n.name)
-                .collect(),
-            Err(e) => {
-                log::warn!("job {job_id}: cannot read the nodes' states ({e}); setting all DOWN");
-                mapped
-            }
+            .collect(),
+        // Its VMs must go all the same.
+        Err(e) if recorded => {
+            log::warn!("job {job_id}: cannot read the nodes' states ({e}); setting all DOWN");
+            candidates
         }
+        Err(e) => return Err(e.into()),
     };
     if let Err(e) = slurm::down_then_power_down(
         &nodes,
