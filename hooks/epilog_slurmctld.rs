@@ -1,4 +1,6 @@
-//! EpilogSlurmctld: powers the job's nodes down and terminates its VMs, clearing its rows.
+//! EpilogSlurmctld: leaves the nodes the prolog marked POWER_DOWN_ASAP to slurmctld (their
+//! VMs end in SuspendProgram); powers any others down and terminates their VMs, clearing
+//! their rows.
 //! Exit 0: done; 1: teardown incomplete (rows kept; SuspendProgram and reconcile retry);
 //! 2: cannot start (config, credentials, table).
 

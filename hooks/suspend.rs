@@ -1,6 +1,6 @@
-//! SuspendProgram (argv[1] = nodes being powered down): terminates any VM still mapped to
-//! them, the safety net behind EpilogSlurmctld. slurmctld ignores the exit code; failures
-//! go to syslog.
+//! SuspendProgram (argv[1] = nodes being powered down): terminates the VMs mapped to them
+//! whose job no longer holds the node; the normal end of a job's VMs, since the prolog marks
+//! its nodes POWER_DOWN_ASAP. slurmctld ignores the exit code; failures go to syslog.
 
 use std::process::ExitCode;
 

@@ -1,7 +1,8 @@
 //! What slurmctld's hooks do, as library functions the thin hook programs call:
-//! PrologSlurmctld provisions the job's VMs and waits until their slurmds registered;
-//! EpilogSlurmctld powers the nodes down and tears the VMs down; SuspendProgram terminates
-//! anything still mapped to the nodes it powers down; ResumeProgram only acknowledges.
+//! PrologSlurmctld provisions the job's VMs, waits until their slurmds registered and marks
+//! the nodes POWER_DOWN_ASAP; SuspendProgram, which slurmctld runs as it powers a node down
+//! after the job, terminates that node's VM; EpilogSlurmctld tears down only what a prolog
+//! that did not get that far left; ResumeProgram only acknowledges.
 //!
 //! Every SLURM-facing step goes through [`crate::slurm`]; every OpenNebula one through
 //! [`crate::provision`].
@@ -13,6 +14,7 @@ use crate::config::Config;
 use crate::mapping::MappingDb;
 use crate::one::client::Client;
 use crate::options;
+use crate::provision::SlurmView as _;
 use crate::provision::{JobRequest, NodeRequest, ProvisionError, Provisioner};
 use crate::slurm::{self, SlurmError};
 
@@ -348,7 +350,8 @@ fn provision_and_register(
     if !addrs.is_empty() {
         slurm::set_node_addrs(&addrs)?;
     }
-    let result = wait_registered(cfg, one, job_id, &up, cloud, &before);
+    let result = wait_registered(cfg, one, job_id, &up, cloud, &before)
+        .and_then(|()| power_down_after_job(job_id, cloud));
     if result.is_err() {
         // The VMs are up but useless to SLURM: do not leave them running.
         let _ = Provisioner::new(cfg, one, db).teardown(job_id);
@@ -358,6 +361,21 @@ fn provision_and_register(
         "job {job_id}: {} nodes registered, job can start",
         cloud.len()
     );
+    Ok(())
+}
+
+/// Marks the job's nodes POWER_DOWN_ASAP before the job starts (it cannot start before this
+/// prolog exits). Their job runs on; when it has ended and each node's own epilog is done,
+/// slurmctld powers the node down (SuspendProgram ends its VM) instead of handing it to
+/// the next job, which is what an EpilogSlurmctld racing SLURM's node release could not
+/// ensure: SLURM frees a node once its slurmd epilog completes, on a clock of its own.
+/// Set once the nodes have registered: the job starts only after this prolog exits, so no
+/// earlier mark is needed, and a node is never drained while it powers up.
+fn power_down_after_job(job_id: u32, nodes: &[String]) -> Result<(), HookError> {
+    slurm::power_down_asap(
+        nodes,
+        &format!("slurm-one: job {job_id} runs in this node's VM; powered down when it ends"),
+    )?;
     Ok(())
 }
 
@@ -455,10 +473,12 @@ fn wait_registered(
     }
 }
 
-/// EpilogSlurmctld: nodes DOWN → POWER_DOWN (so they cannot be given to a new job while
-/// their VMs go; one SLURM already gave to the next job is left to it), then terminate the
-/// VMs and clear the rows. DOWN also ends the nodes' COMPLETING state, whose epilog-complete
-/// message the removed VMs will never send.
+/// EpilogSlurmctld. Nodes the prolog marked POWER_DOWN_ASAP are slurmctld's to power down
+/// once their own epilogs are done; SuspendProgram then ends their VMs. Only nodes without
+/// that mark (the prolog was killed before it set it, or the job ended while it ran) are
+/// handled here as before: DOWN → POWER_DOWN (a node SLURM already gave to the next job is
+/// left to it), their VMs terminated, their rows cleared. DOWN also ends such a node's
+/// COMPLETING state, whose epilog-complete message its removed VM will never send.
 pub fn epilog_slurmctld(
     cfg: &Config,
     one: &Client,
@@ -477,48 +497,82 @@ pub fn epilog_slurmctld(
     } else {
         nodes_from(env)?
     };
-    let nodes: Vec<String> = match slurm::nodes(&candidates.join(",")) {
-        Ok(info) => info
-            .into_iter()
-            .filter(|n| {
-                if taken_by_next_job(n) {
-                    log::info!(
-                        "job {job_id}: node {} already belongs to the next job (its prolog \
-                         makes its own VM): not set DOWN",
-                        n.name
-                    );
-                    return false;
-                }
-                recorded
-                    || (n.has("CLOUD")
-                        && !n.has("DOWN")
-                        && !n.has("DRAIN")
-                        && !n.has("POWERING_DOWN")
-                        && !n.has("POWERED_DOWN"))
-            })
-            .map(|n| n.name)
-            .collect(),
-        // Its VMs must go all the same.
+    let info = match slurm::nodes(&candidates.join(",")) {
+        Ok(info) => info,
         Err(e) if recorded => {
-            log::warn!("job {job_id}: cannot read the nodes' states ({e}); setting all DOWN");
-            candidates
+            // POWER_DOWN_ASAP requeues nothing whatever state a node is in, so it is the
+            // safe request when the states are unknown; SuspendProgram, or reconcile after
+            // orphan_grace, ends the VMs.
+            log::warn!(
+                "job {job_id}: cannot read the nodes' states ({e}); asking slurmctld to power \
+                 them all down once idle"
+            );
+            slurm::power_down_asap(
+                &candidates,
+                &format!("slurm-one: job {job_id} ended, VMs being removed"),
+            )?;
+            return Ok(());
         }
         Err(e) => return Err(e.into()),
     };
+    let plan = epilog_plan(&info, recorded);
+    for node in &plan.next_job {
+        log::info!(
+            "job {job_id}: node {node} already belongs to the next job (its prolog makes its \
+             own VM): not set DOWN"
+        );
+    }
+    if !plan.slurmctld_powers_down.is_empty() {
+        log::info!(
+            "job {job_id}: slurmctld powers down {} once their epilogs are done; SuspendProgram \
+             ends their VMs",
+            plan.slurmctld_powers_down.join(",")
+        );
+    }
     if let Err(e) = slurm::down_then_power_down(
-        &nodes,
+        &plan.set_down,
         &format!("slurm-one: job {job_id} ended, VMs being removed"),
     ) {
         log::warn!("job {job_id}: cannot power nodes down: {e}");
     }
-    let report = Provisioner::new(cfg, one, db).teardown(job_id)?;
-    reassert_down(&nodes, job_id);
+    let ours: Vec<String> = candidates
+        .into_iter()
+        .filter(|n| !plan.slurmctld_powers_down.contains(n))
+        .collect();
+    let report = Provisioner::new(cfg, one, db).teardown_nodes(job_id, &ours)?;
+    reassert_down(&plan.set_down, job_id);
     log::info!(
         "job {job_id}: epilog removed {} VMs ({} already gone)",
         report.terminated.len(),
         report.already_gone.len()
     );
     Ok(())
+}
+
+/// What the epilog does with each of the ended job's nodes.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct EpilogPlan {
+    /// Marked POWER_DOWN_ASAP (or already powering down): slurmctld powers them down
+    /// after their epilogs, SuspendProgram ends the VMs. Untouched.
+    slurmctld_powers_down: Vec<String>,
+    /// Already given to the next job: untouched (DOWN would requeue that job).
+    next_job: Vec<String>,
+    /// Set DOWN → POWER_DOWN here.
+    set_down: Vec<String>,
+}
+
+fn epilog_plan(info: &[slurm::NodeInfo], recorded: bool) -> EpilogPlan {
+    let mut plan = EpilogPlan::default();
+    for n in info {
+        if n.marked_for_power_down() {
+            plan.slurmctld_powers_down.push(n.name.clone());
+        } else if taken_by_next_job(n) {
+            plan.next_job.push(n.name.clone());
+        } else if recorded || (n.has("CLOUD") && !n.has("DOWN") && !n.has("DRAIN")) {
+            plan.set_down.push(n.name.clone());
+        }
+    }
+    plan
 }
 
 /// The old VM's slurmd may have answered once more (its epilog-complete message) after the
@@ -577,7 +631,12 @@ fn returned_to_service(n: &slurm::NodeInfo) -> bool {
     .any(|flag| n.has(flag))
 }
 
-/// SuspendProgram (argv[1] = hostlist): terminate whatever is still mapped to these nodes.
+/// SuspendProgram (argv[1] = hostlist): slurmctld powers these nodes down; each one's VM
+/// is terminated and its row cleared. This is the normal end of a job's VMs: the prolog
+/// marked the nodes POWER_DOWN_ASAP, so slurmctld calls this once a node's epilog is done.
+/// A row is torn down only when SLURM no longer shows its job on that node (a COMPLETING
+/// job lists only the nodes still completing, `node_bitmap_cg` in job_mgr.c's job packing),
+/// so a VM is never ended under a job that still holds its node.
 pub fn suspend_program(
     cfg: &Config,
     one: &Client,
@@ -585,22 +644,47 @@ pub fn suspend_program(
     hostlist: &str,
 ) -> Result<(), HookError> {
     let nodes = slurm::expand_hostlist(hostlist).map_err(HookError::Environment)?;
+    // Every row naming the node: besides the last job's, a stale one (a VM never ended).
+    let mut rows = Vec::new();
+    for node in nodes {
+        rows.extend(
+            db.node_rows(&cfg.cluster.name, &node)
+                .map_err(|source| ProvisionError::Mapping { job_id: 0, source })?,
+        );
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let live = slurm::SlurmCli.live_jobs().map_err(|e| {
+        HookError::Environment(format!(
+            "cannot ask SLURM which jobs hold nodes {hostlist} ({e}); their VMs are left to \
+             reconcile"
+        ))
+    })?;
     let engine = Provisioner::new(cfg, one, db);
     let mut first_error = None;
-    for node in nodes {
-        let row = db
-            .node_row(&cfg.cluster.name, &node)
-            .map_err(|source| ProvisionError::Mapping { job_id: 0, source })?;
-        if let Some(row) = row {
-            log::warn!(
-                "node {node} powers down while job {} still maps to VM {}: tearing down",
-                row.job_id,
-                row.vm_id
-                    .map_or_else(|| "(none recorded)".to_string(), |v| v.to_string())
-            );
-            if let Err(e) = engine.teardown(row.job_id) {
-                first_error.get_or_insert(HookError::from(e));
+    for row in rows {
+        let vm = row
+            .vm_id
+            .map_or_else(|| "(none recorded)".to_string(), |v| v.to_string());
+        if let Some(holder) = live.as_ref().and_then(|jobs| jobs.get(&row.job_id)) {
+            if holder.nodes.as_ref().is_none_or(|n| n.contains(&row.node)) {
+                log::warn!(
+                    "node {} powers down, but SLURM still shows job {} on it: its VM {vm} is \
+                     left alone (reconcile ends it once the job no longer holds the node)",
+                    row.node,
+                    row.job_id
+                );
+                continue;
             }
+        }
+        log::info!(
+            "node {} powers down: ending VM {vm} of job {}",
+            row.node,
+            row.job_id
+        );
+        if let Err(e) = engine.teardown_nodes(row.job_id, std::slice::from_ref(&row.node)) {
+            first_error.get_or_insert(HookError::from(e));
         }
     }
     match first_error {
@@ -719,6 +803,59 @@ mod tests {
             "DOWN+CLOUD",
         ] {
             assert!(!taken_by_next_job(&node("vm1", state, None)), "{state}");
+        }
+    }
+
+    #[test]
+    fn nodes_marked_by_the_prolog_are_left_to_slurmctld_and_never_set_down() {
+        let info = vec![
+            // The job's nodes as its prolog left them, its slurmd epilog still running or
+            // done, or already picked up by the power-save pass.
+            node(
+                "vm1",
+                "ALLOCATED+CLOUD+COMPLETING+DRAIN+POWER_DOWN",
+                Some("T1"),
+            ),
+            node("vm2", "IDLE+CLOUD+DRAIN+POWER_DOWN", Some("T1")),
+            node("vm3", "IDLE+CLOUD+POWERING_DOWN", Some("T1")),
+            // Not marked (the prolog was killed before it marked them): set DOWN here...
+            node("vm4", "IDLE+CLOUD+COMPLETING", Some("T1")),
+            // ...unless SLURM already gave the node to the next job.
+            node("vm5", "ALLOCATED+CLOUD", Some("T2")),
+        ];
+        let plan = epilog_plan(&info, true);
+        assert_eq!(plan.slurmctld_powers_down, ["vm1", "vm2", "vm3"]);
+        assert_eq!(plan.next_job, ["vm5"]);
+        assert_eq!(plan.set_down, ["vm4"]);
+        // A job with no rows (its prolog failed and set its nodes DOWN, reason kept): only
+        // a cloud node that is still up is taken down.
+        let info = vec![
+            node("vm1", "DOWN+CLOUD+POWER_DOWN", None),
+            node("vm2", "IDLE+CLOUD", Some("T1")),
+            node("vm3", "IDLE+CLOUD+DRAIN", Some("T1")),
+        ];
+        let plan = epilog_plan(&info, false);
+        assert!(plan.slurmctld_powers_down.is_empty() && plan.next_job.is_empty());
+        assert_eq!(plan.set_down, ["vm2"]);
+    }
+
+    #[test]
+    fn only_drain_with_power_down_or_a_power_down_under_way_is_marked() {
+        for state in [
+            "ALLOCATED+CLOUD+DRAIN+POWER_DOWN",
+            "IDLE+CLOUD+POWERING_DOWN",
+            "IDLE+CLOUD+POWERED_DOWN",
+        ] {
+            assert!(node("vm1", state, None).marked_for_power_down(), "{state}");
+        }
+        // DRAIN alone (an admin's, or "Prolog error") is no promise of a power-down, and
+        // POWER_DOWN alone is not what the prolog leaves (22.05's make_node_avail ignores it).
+        for state in [
+            "ALLOCATED+CLOUD+DRAIN",
+            "ALLOCATED+CLOUD+POWER_DOWN",
+            "IDLE+CLOUD",
+        ] {
+            assert!(!node("vm1", state, None).marked_for_power_down(), "{state}");
         }
     }
 

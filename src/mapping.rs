@@ -193,8 +193,8 @@ pub enum Op {
         /// Cluster.
         cluster: String,
     },
-    /// [`MappingDb::node_row`].
-    NodeRow {
+    /// [`MappingDb::node_rows`].
+    NodeRows {
         /// Cluster.
         cluster: String,
         /// Node.
@@ -273,8 +273,8 @@ impl fmt::Display for Op {
                 write!(f, "reading the rows of job {job_id} (cluster {cluster})")
             }
             Op::AllRows { cluster } => write!(f, "reading all rows of cluster {cluster}"),
-            Op::NodeRow { cluster, node } => {
-                write!(f, "reading the row of node {node} (cluster {cluster})")
+            Op::NodeRows { cluster, node } => {
+                write!(f, "reading the rows of node {node} (cluster {cluster})")
             }
             Op::TagRow { request_tag } => {
                 write!(f, "reading the row with request tag {request_tag}")
@@ -616,9 +616,75 @@ fn set_aside(path: &Path) -> Result<PathBuf, MappingError> {
 /// run or one reconcile pass.
 #[derive(Debug)]
 pub struct MappingDb {
+    // Declared before `busy_wait`, so it is closed before the handler's state is freed.
     conn: Connection,
     path: PathBuf,
     busy_timeout: Duration,
+    busy_wait: Box<BusyWait>,
+}
+
+/// State of the connection's busy handler: how long one lock wait may last, and when the
+/// current one began.
+#[derive(Debug)]
+struct BusyWait {
+    timeout: Duration,
+    since: std::cell::Cell<Option<Instant>>,
+}
+
+/// Sleep between two lock attempts while a wait is young. SQLite's own busy-timeout handler
+/// sleeps up to 100 ms per retry (sqliteDefaultBusyCallback, main.c), so under a burst of
+/// concurrent prologs a writer that lost a few rounds slept far longer than the lock was
+/// ever held (a transaction here takes well under a millisecond): p99 930 ms with 32
+/// writers.
+const BUSY_SLEEP_SHORT: Duration = Duration::from_millis(2);
+
+/// Sleep cap for a wait that has lasted long: the lock is then contended by many, or its
+/// holder is starved of CPU, and waiters that woke every 2 ms would take that CPU from it.
+const BUSY_SLEEP_LONG: Duration = Duration::from_millis(25);
+
+/// How long to sleep before lock attempt `count + 1` of a wait that began `waited` ago:
+/// 50 µs doubling up to [`BUSY_SLEEP_SHORT`], then growing with the wait (a quarter of it)
+/// up to [`BUSY_SLEEP_LONG`]; with jitter (between half and all of it) so that waiters
+/// woken together do not collide again.
+fn busy_sleep(count: u32, waited: Duration) -> Duration {
+    let cap = (waited / 4).clamp(BUSY_SLEEP_SHORT, BUSY_SLEEP_LONG);
+    let full = Duration::from_micros(50u64 << count.min(10)).min(cap);
+    // Cheap per-call noise: the clock's nanoseconds mixed with the pid.
+    let noise = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().rotate_left(16);
+    let noise = noise.wrapping_mul(0x9E37_79B9) >> 16; // 0..65535
+    full / 2 + full / 2 * noise / 65_536
+}
+
+/// SQLite's busy handler for the mapping table (`sqlite3_busy_handler`): short, jittered
+/// sleeps until [`BusyWait::timeout`] has passed since this lock wait began (`count == 0`).
+/// Returns 0 (give up, SQLITE_BUSY) or 1 (try again). Nothing in it can panic.
+extern "C" fn busy_wait_handler(
+    ctx: *mut std::ffi::c_void,
+    count: std::ffi::c_int,
+) -> std::ffi::c_int {
+    // SAFETY: `ctx` is the `BusyWait` boxed in the `MappingDb` that owns this connection;
+    // the box outlives the connection (field order) and SQLite calls the handler only on
+    // the thread using the connection (`Connection` is not `Sync`).
+    let wait = unsafe { &*(ctx as *const BusyWait) };
+    let now = Instant::now();
+    let since = match wait.since.get() {
+        Some(t) if count > 0 => t,
+        _ => {
+            wait.since.set(Some(now));
+            now
+        }
+    };
+    let waited = now.saturating_duration_since(since);
+    if waited >= wait.timeout {
+        return 0;
+    }
+    thread::sleep(
+        busy_sleep(u32::try_from(count).unwrap_or(u32::MAX), waited).min(wait.timeout - waited),
+    );
+    1
 }
 
 /// A row as read, before its values are checked.
@@ -703,6 +769,10 @@ impl MappingDb {
             conn,
             path: path.to_path_buf(),
             busy_timeout,
+            busy_wait: Box::new(BusyWait {
+                timeout: busy_timeout,
+                since: std::cell::Cell::new(None),
+            }),
         };
         db.configure()?;
         db.migrate()?;
@@ -920,12 +990,14 @@ impl MappingDb {
 
     /// Claims the job's rows for one teardown: in one transaction, every row not already
     /// `tearing_down` (or claimed longer than `reclaim_after` ago, by a teardown that died)
-    /// is set `tearing_down` and returned. A concurrent teardown of the same job gets only
-    /// what is left, so each VM is terminated by one caller.
+    /// is set `tearing_down` and returned; with `nodes`, only the rows of those nodes. A
+    /// concurrent teardown of the same job gets only what is left, so each VM is terminated
+    /// by one caller.
     pub fn claim_teardown(
         &self,
         cluster: &str,
         job_id: u32,
+        nodes: Option<&[String]>,
         reclaim_after: Duration,
     ) -> Result<Vec<Row>, MappingError> {
         let op = Op::ClaimTeardown {
@@ -935,21 +1007,33 @@ impl MappingDb {
         let now = now();
         let before = now.saturating_sub(i64::try_from(reclaim_after.as_secs()).unwrap_or(i64::MAX));
         let claimed = self.write(&op, |tx| {
-            let rows = self.query(
-                tx,
-                &op,
-                &format!(
-                    "SELECT {COLUMNS} FROM mapping WHERE cluster = ?1 AND job_id = ?2
-                     AND (state != ?3 OR updated <= ?4) ORDER BY node"
-                ),
-                params![cluster, job_id, RowState::TearingDown.as_str(), before],
-            )?;
-            tx.execute(
-                "UPDATE mapping SET state = ?3, updated = ?5 WHERE cluster = ?1 AND job_id = ?2
-                 AND (state != ?3 OR updated <= ?4)",
-                params![cluster, job_id, RowState::TearingDown.as_str(), before, now],
-            )
-            .map_err(|e| self.sql_error(&op, e))?;
+            let rows: Vec<Row> = self
+                .query(
+                    tx,
+                    &op,
+                    &format!(
+                        "SELECT {COLUMNS} FROM mapping WHERE cluster = ?1 AND job_id = ?2
+                         AND (state != ?3 OR updated <= ?4) ORDER BY node"
+                    ),
+                    params![cluster, job_id, RowState::TearingDown.as_str(), before],
+                )?
+                .into_iter()
+                .filter(|r| nodes.is_none_or(|only| only.contains(&r.node)))
+                .collect();
+            for row in &rows {
+                tx.execute(
+                    "UPDATE mapping SET state = ?4, updated = ?5
+                     WHERE cluster = ?1 AND job_id = ?2 AND node = ?3",
+                    params![
+                        cluster,
+                        job_id,
+                        row.node,
+                        RowState::TearingDown.as_str(),
+                        now
+                    ],
+                )
+                .map_err(|e| self.sql_error(&op, e))?;
+            }
             Ok(rows)
         })?;
         for row in &claimed {
@@ -993,15 +1077,15 @@ impl MappingDb {
         )
     }
 
-    /// The row of a node. A node normally backs one job at a time; if rows of several jobs
-    /// name it (a new job mapped before the old one's epilog finished), the most recently
-    /// created one is returned and the overlap is logged.
-    pub fn node_row(&self, cluster: &str, node: &str) -> Result<Option<Row>, MappingError> {
-        let op = Op::NodeRow {
+    /// The rows naming a node, newest first. A node normally backs one job at a time; a
+    /// second row is left by a job whose VM was never ended (a stale row) or a new job
+    /// mapped before the old one's teardown finished.
+    pub fn node_rows(&self, cluster: &str, node: &str) -> Result<Vec<Row>, MappingError> {
+        let op = Op::NodeRows {
             cluster: cluster.to_owned(),
             node: node.to_owned(),
         };
-        let rows = self.query(
+        self.query(
             &self.conn,
             &op,
             &format!(
@@ -1009,16 +1093,7 @@ impl MappingDb {
                  ORDER BY created DESC, job_id DESC"
             ),
             params![cluster, node],
-        )?;
-        if rows.len() > 1 {
-            let jobs: Vec<String> = rows.iter().map(|r| r.job_id.to_string()).collect();
-            log::warn!(
-                "mapping: node {node} (cluster {cluster}) is mapped by jobs {}; using job {}",
-                jobs.join(", "),
-                jobs[0]
-            );
-        }
-        Ok(rows.into_iter().next())
+        )
     }
 
     /// The row carrying `request_tag`, if any (a retried create looks its VM up this way).
@@ -1151,9 +1226,23 @@ impl MappingDb {
     /// Busy timeout, synchronous mode and the WAL journal.
     fn configure(&self) -> Result<(), MappingError> {
         let op = Op::Configure;
-        self.conn
-            .busy_timeout(self.busy_timeout)
-            .map_err(|e| self.sql_error(&op, e))?;
+        // SAFETY: the handle is this open connection's; the context is the boxed
+        // `BusyWait`, which lives as long as the connection (see `busy_wait_handler`).
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_busy_handler(
+                self.conn.handle(),
+                Some(busy_wait_handler),
+                std::ptr::from_ref::<BusyWait>(&self.busy_wait)
+                    .cast_mut()
+                    .cast(),
+            )
+        };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            return Err(self.sql_error(
+                &op,
+                rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rc), None),
+            ));
+        }
         // FULL: a committed mapping survives power loss; losing one would orphan a VM.
         self.conn
             .pragma_update(None, "synchronous", "FULL")
@@ -1544,12 +1633,14 @@ mod tests {
             .expect_err("no row");
         assert!(matches!(err, MappingError::NoSuchRow { job_id: 8, .. }));
 
-        let row = db.node_row(CLUSTER, "n1").expect("node_row").expect("some");
+        let rows = db.node_rows(CLUSTER, "n1").expect("node_rows");
+        assert_eq!(rows.len(), 1);
+        let row = rows.into_iter().next().expect("one");
         assert_eq!(row.vm_id, Some(42));
         assert_eq!(row.state, RowState::Suspended);
         assert_eq!(row.detail.as_deref(), Some("host h1"));
         assert_eq!(db.tag_row("tag-7-n1").expect("tag_row"), Some(row));
-        assert_eq!(db.node_row(CLUSTER, "n9").expect("node_row"), None);
+        assert_eq!(db.node_rows(CLUSTER, "n9").expect("node_rows"), []);
         assert_eq!(db.all_rows(CLUSTER).expect("all").len(), 2);
 
         assert!(db.delete_row(CLUSTER, 7, "n1").expect("delete"));
@@ -1619,7 +1710,7 @@ mod tests {
         row.created = 2000;
         row.detail = None;
         db.upsert_from_tags(&row).expect("update");
-        let got = db.node_row(CLUSTER, "n1").expect("read").expect("some");
+        let got = db.node_rows(CLUSTER, "n1").expect("read").remove(0);
         assert_eq!(got.state, RowState::TearingDown);
         assert_eq!(got.created, 1000);
         assert_eq!(got.vm_id, Some(77));
@@ -1931,9 +2022,16 @@ mod tests {
         let (_d, path) = temp();
         let db = MappingDb::open(&path, Duration::from_millis(100)).expect("open");
         let h = hold_exclusive(&path, Duration::from_secs(1));
+        let t0 = Instant::now();
         let err = db
             .insert_creating(CLUSTER, 1, "n1", "t1")
             .expect_err("busy");
+        // The busy handler kept trying for the whole busy timeout before giving up.
+        assert!(
+            t0.elapsed() >= Duration::from_millis(100),
+            "{:?}",
+            t0.elapsed()
+        );
         h.join().expect("holder");
         assert!(
             matches!(
@@ -2076,19 +2174,80 @@ mod tests {
         db.insert_creating("c", 7, "vm1", "t1").unwrap();
         db.insert_creating("c", 7, "vm2", "t2").unwrap();
         db.set_vm("t1", 11, RowState::Running).unwrap();
-        let first = db.claim_teardown("c", 7, Duration::from_secs(60)).unwrap();
+        let first = db
+            .claim_teardown("c", 7, None, Duration::from_secs(60))
+            .unwrap();
         assert_eq!(first.len(), 2);
         assert!(other
-            .claim_teardown("c", 7, Duration::from_secs(60))
+            .claim_teardown("c", 7, None, Duration::from_secs(60))
             .unwrap()
             .is_empty());
         // A teardown that died leaves its claim; after `reclaim_after` another takes it.
-        let again = other.claim_teardown("c", 7, Duration::ZERO).unwrap();
+        let again = other.claim_teardown("c", 7, None, Duration::ZERO).unwrap();
         assert_eq!(again.len(), 2);
         assert!(db
             .job_rows("c", 7)
             .unwrap()
             .iter()
             .all(|r| r.state == RowState::TearingDown));
+    }
+
+    #[test]
+    fn busy_sleeps_are_short_and_grow_to_their_cap() {
+        // A young wait: first retry within 50 µs, then at most 2 ms (less jitter),
+        // far below SQLite's own 100 ms steps.
+        let first = busy_sleep(0, Duration::ZERO);
+        assert!(first >= Duration::from_micros(25) && first <= Duration::from_micros(50));
+        for count in [6, 7, 100, u32::MAX] {
+            let d = busy_sleep(count, Duration::from_millis(3));
+            assert!(
+                d >= BUSY_SLEEP_SHORT / 2 && d <= BUSY_SLEEP_SHORT,
+                "count {count}: {d:?}"
+            );
+        }
+        // A long wait backs off to a quarter of what it waited, at most 25 ms.
+        let d = busy_sleep(20, Duration::from_millis(40));
+        assert!(
+            d >= Duration::from_millis(5) && d <= Duration::from_millis(10),
+            "{d:?}"
+        );
+        let d = busy_sleep(200, Duration::from_secs(5));
+        assert!(d >= BUSY_SLEEP_LONG / 2 && d <= BUSY_SLEEP_LONG, "{d:?}");
+    }
+
+    #[test]
+    fn a_node_scoped_claim_takes_only_those_nodes_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = MappingDb::open(&dir.path().join("m.db"), Duration::from_secs(5)).unwrap();
+        for (node, tag) in [("vm1", "t1"), ("vm2", "t2"), ("vm3", "t3")] {
+            db.insert_creating("c", 7, node, tag).unwrap();
+        }
+        let only = ["vm2".to_string(), "vm9".to_string()];
+        let claimed = db
+            .claim_teardown("c", 7, Some(&only), Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(
+            claimed.iter().map(|r| r.node.as_str()).collect::<Vec<_>>(),
+            ["vm2"]
+        );
+        let states: Vec<(String, RowState)> = db
+            .job_rows("c", 7)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.node, r.state))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("vm1".to_string(), RowState::Creating),
+                ("vm2".to_string(), RowState::TearingDown),
+                ("vm3".to_string(), RowState::Creating),
+            ]
+        );
+        // The rest of the job is still there for a whole-job claim.
+        let rest = db
+            .claim_teardown("c", 7, None, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(rest.len(), 2);
     }
 }

@@ -706,12 +706,30 @@ impl<'a> Provisioner<'a> {
     /// Terminates the job's VMs and clears its rows. Idempotent, and safe to run twice or
     /// concurrently. A row whose VM could not be terminated is kept so a retry finds it.
     pub fn teardown(&self, job_id: u32) -> Result<TeardownReport, ProvisionError> {
+        self.teardown_rows(job_id, None)
+    }
+
+    /// [`Provisioner::teardown`] of the job's VMs on `nodes` only: SuspendProgram ends one
+    /// node's VM while the job's other nodes may still be completing.
+    pub fn teardown_nodes(
+        &self,
+        job_id: u32,
+        nodes: &[String],
+    ) -> Result<TeardownReport, ProvisionError> {
+        self.teardown_rows(job_id, Some(nodes))
+    }
+
+    fn teardown_rows(
+        &self,
+        job_id: u32,
+        nodes: Option<&[String]>,
+    ) -> Result<TeardownReport, ProvisionError> {
         let cluster = self.cluster();
         // Claimed, not just read: a second epilog (or SuspendProgram) running at the same
         // time gets nothing and leaves these VMs to this call.
         let rows = self
             .db
-            .claim_teardown(cluster, job_id, 2 * TERMINATE_DEADLINE)
+            .claim_teardown(cluster, job_id, nodes, 2 * TERMINATE_DEADLINE)
             .map_err(self.mapping(job_id))?;
         let mut report = TeardownReport::default();
         if rows.is_empty() {

@@ -284,6 +284,19 @@ impl NodeInfo {
     pub fn has(&self, flag: &str) -> bool {
         self.state.iter().any(|s| s == flag)
     }
+
+    /// slurmctld will power the node down, not hand it to another job: it is DRAIN with
+    /// POWER_DOWN (what `state=POWER_DOWN_ASAP` leaves), or already powering or powered
+    /// down. A drained node is never made available again (`make_node_idle` →
+    /// `make_node_avail` only for nodes without DRAIN, src/slurmctld/node_mgr.c); the
+    /// power-save pass suspends it once it is IDLE and not COMPLETING, clearing DRAIN
+    /// (`_do_power_work`, src/slurmctld/power_save.c: "Clear power_down_asap"). The same
+    /// in 22.05.8, 24.11.5 and 26.05.3.
+    pub fn marked_for_power_down(&self) -> bool {
+        (self.has("DRAIN") && self.has("POWER_DOWN"))
+            || self.has("POWERING_DOWN")
+            || self.has("POWERED_DOWN")
+    }
 }
 
 /// Parses `scontrol show node -o` output (one node per line).
@@ -328,6 +341,28 @@ pub fn set_node_addrs(pairs: &[(String, String)]) -> Result<(), SlurmError> {
     .map(|_| ())
 }
 
+/// `scontrol update nodename=LIST state=power_down_asap reason=...`: drains the nodes and
+/// marks them POWER_DOWN. Their running job goes on; when it ends and the nodes' epilogs
+/// are done, slurmctld's power-save pass powers them down (SuspendProgram) instead of
+/// giving them to another job.
+pub fn power_down_asap(nodes: &[String], reason: &str) -> Result<(), SlurmError> {
+    set_state(nodes, "state=power_down_asap", reason)
+}
+
+/// `scontrol update nodename=LIST STATE reason=...` (nothing for no nodes).
+fn set_state(nodes: &[String], state: &str, reason: &str) -> Result<(), SlurmError> {
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let name_arg = format!("nodename={}", nodes.join(","));
+    let reason_arg = format!("reason={}", one_line(reason, 200));
+    run(
+        &["scontrol", "update", &name_arg, state, &reason_arg],
+        COMMAND_TIMEOUT,
+    )
+    .map(|_| ())
+}
+
 /// Sets nodes DOWN with a reason, then POWER_DOWN, so they go back to powered-down idle
 /// (and a job on them is requeued at once).
 pub fn down_then_power_down(nodes: &[String], reason: &str) -> Result<(), SlurmError> {
@@ -342,12 +377,8 @@ fn set_state_then_power_down(
     if nodes.is_empty() {
         return Ok(());
     }
+    set_state(nodes, state, reason)?;
     let name_arg = format!("nodename={}", nodes.join(","));
-    let reason_arg = format!("reason={}", one_line(reason, 200));
-    run(
-        &["scontrol", "update", &name_arg, state, &reason_arg],
-        COMMAND_TIMEOUT,
-    )?;
     run(
         &["scontrol", "update", &name_arg, "state=power_down"],
         COMMAND_TIMEOUT,

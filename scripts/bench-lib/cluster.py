@@ -256,6 +256,22 @@ class Cluster:
             pass
         return out
 
+    def requeues(self, jobs):
+        """[(job, line)] of slurmctld's requeue log lines about these jobs ("requeue job
+        JobId=N due to failure of node X", "Requeuing JobId=N", ...), the why included."""
+        wanted, out = set(jobs), []
+        try:
+            with open(os.path.join(self.dev, "log", "slurmctld.log")) as f:
+                for line in f:
+                    if "equeu" not in line:
+                        continue
+                    m = re.search(r"JobId=(\d+)", line)
+                    if m and int(m.group(1)) in wanted:
+                        out.append((int(m.group(1)), line.strip()))
+        except FileNotFoundError:
+            pass
+        return out
+
     def slurmds(self):
         r = subprocess.run(["pgrep", "-f", f"slurmd -N vm[0-9]+ -f {self.dev}/"], capture_output=True, text=True)
         return r.stdout.split()
@@ -469,6 +485,21 @@ def sbatch_overhead(c, runs):
     return times
 
 
+class CpuLoad:
+    """Keeps every core busy (one spinning process per CPU) while it is entered."""
+
+    def __enter__(self):
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                      for _ in range(os.cpu_count() or 1)]
+        log(f"load: {len(self.procs)} spinning processes")
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
 def throughput(c, markers, n):
     """Row 5: n one-node 1 s jobs at once; wall from the first submit to the last job end."""
     jobs = []
@@ -483,8 +514,8 @@ def throughput(c, markers, n):
 
     def all_ended():
         left = [j for j in jobs if not markers.read(c, "end", j)]
-        if time.time() - last_report[0] > 30:
-            log(f"row 5: {n - len(left)}/{n} jobs ended")
+        if time.time() - last_report[0] > 60:
+            log(f"row 5: {n - len(left)}/{n} jobs ended, {len(c.requeues(jobs))} requeues so far")
             last_report[0] = time.time()
             # A job held (too many failed prologs) or gone without running never ends.
             q = c.run(["squeue", "-h", "-o", "%i %T %r", "-j", ",".join(map(str, left))]) if left else None
@@ -525,11 +556,48 @@ def throughput(c, markers, n):
     for v in all_vms:
         per_job[int(v[3])] = per_job.get(int(v[3]), 0) + 1
     extra_vms = sum(max(per_job.get(j, 0) - 1, 0) for j in jobs)
+    requeues = c.requeues(jobs)
+    # Why, in slurmctld's words, without the time stamp and job id: how often each.
+    reasons = {}
+    for _, line in requeues:
+        why = re.sub(r"JobId=\d+", "JobId=N", re.sub(r"^\[[^]]*\] ", "", line))
+        reasons[why] = reasons.get(why, 0) + 1
     return {"jobs": n, "completed": len(done), "failed_or_held": len(failed), "wall": wall, "submit_seconds": t_sub, "clean_after": t_clean,
             "leaks": left, "leaked": sum(len(v) for v in left.values()),
             "jobs_run_more_than_once": sum(1 for r in runs if r > 1),
             "vms_created": len(all_vms), "jobs_with_more_than_one_vm": sum(1 for j in jobs if per_job.get(j, 0) > 1),
-            "extra_vms": extra_vms}
+            "extra_vms": extra_vms,
+            "requeued_jobs": len({j for j, _ in requeues}), "requeue_reasons": reasons}
+
+
+def throughput_rows(c, markers, n, loaded):
+    """Row 5's result rows for one run (loaded: every core kept busy meanwhile)."""
+    if loaded:
+        with CpuLoad():
+            tp = throughput(c, markers, n)
+    else:
+        tp = throughput(c, markers, n)
+    nodes = c.nodes
+    ideal_rate = nodes * 60.0 / (BOOT + JOB_SECONDS + SUSPEND_TIMEOUT)
+    p5 = {"jobs": n, "nodes": nodes, "boot_delay_s": BOOT, "job_seconds": JOB_SECONDS, "loaded": loaded,
+          "baseline": "bound: nodes x 60 / (B + job + SuspendTimeout), each node re-provisioned per job",
+          **{k: (rnd(v) if isinstance(v, float) else v) for k, v in tp.items() if k != "leaks"},
+          "leaks": tp["leaks"]}
+    rate = tp["completed"] * 60.0 / tp["wall"]
+    tag = "5. throughput" + (" (all cores loaded)" if loaded else "")
+    key = "throughput_loaded" if loaded else "throughput"
+    log(f"row 5{' loaded' if loaded else ''}: {n} jobs in {tp['wall']:.1f} s = {rate:.1f} jobs/min; "
+        f"requeued {tp['requeued_jobs']} {tp['requeue_reasons'] or ''}; leftovers {tp['leaked']}, extra VMs {tp['extra_vms']}")
+    return [
+        row(f"{key}_rate", f"{tag}: {n} × 1 s jobs on {nodes} slots, jobs/min", rate, ideal_rate, "jobs/min", None, p5),
+        row(f"{key}_wall", f"{tag}: wall for {n} jobs", tp["wall"], n * 60.0 / ideal_rate, "s", None, p5),
+        row(f"{key}_requeues", f"{tag}: jobs requeued (reasons in params)", float(tp["requeued_jobs"]), None,
+            "jobs", ("figure", 0), p5),
+        row(f"{key}_leaks", f"{tag}: leftovers after the run (VMs, rows, nodes, slurmds)",
+            float(tp["leaked"]), None, "items", ("figure", 0), p5),
+        row(f"{key}_retries", f"{tag}: jobs failed, held or run more than once",
+            float(tp["failed_or_held"] + tp["jobs_with_more_than_one_vm"]), None, "jobs", ("figure", 0), p5),
+    ]
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -538,11 +606,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--rows", default="1,3,4,5,5L",
+                    help="which rows: 1, 3, 4 (from row 1's jobs), 5, 5L (row 5 with all cores loaded)")
     a = ap.parse_args()
     q = a.quick
+    want = set(a.rows.split(","))
+    unknown = want - {"1", "3", "4", "5", "5L"}
+    if unknown:
+        ap.error(f"unknown rows {','.join(sorted(unknown))} (use 1, 3, 4, 5, 5L)")
+    if "4" in want:
+        want.add("1")
     n_start = 3 if q else 10
     n_sbatch = 10 if q else 60
-    n_jobs = 30 if q else 200
+    n_jobs = 60 if q else 1000
     cand_nodes, base_nodes = 24, (4 if q else 12)
 
     munge = Munge()
@@ -553,98 +629,25 @@ def main():
     markers = Markers()
     rows = []
     t_all = time.time()
+    clusters = (cand, base) if "1" in want else (cand,)
     try:
-        for c in (cand, base):
+        for c in clusters:
             c.up()
-
-        # Row 1 (and the samples of row 4).
-        lat = start_latency(cand, base, markers, n_start)
-        over = {k: [x["latency"] - BOOT for x in v if x["latency"] is not None] for k, v in lat.items()}
-        failed1 = {k: sum(1 for x in v if x["latency"] is None) for k, v in lat.items()}
-        # Where the time goes: SLURM's scheduler (submit -> allocation), then the rest.
-        split = {}
-        for c in (cand, base):
-            alloc = c.allocations()
-            ok1 = [x for x in lat[c.name] if x["latency"] is not None and x["job"] in alloc]
-            split[c.name] = {
-                "submit_to_allocation_median_s": rnd(pct([alloc[x["job"]] - x["submit"] for x in ok1], 50)),
-                "allocation_to_start_minus_B_median_s": rnd(pct([x["start"] - alloc[x["job"]] - BOOT for x in ok1], 50)),
-            }
-        p1 = {"jobs_each": n_start, "boot_delay_s": BOOT, "driver": "ns",
-              "job": " ".join(JOB_ARGS) + " (pinned -w to a powered-down node; 1 s script)",
-              "slurm_one": "PrologSlurmctld provisions, sets NodeAddr, waits for registration",
-              "baseline": "stock power-save: ResumeProgram provisions + sets NodeAddr, no prolog",
-              "order": "alternating single jobs, cand/base; each submitted U(0, period) after the "
-                       "previous job of its cluster started (period 30 s base, 1 s cand)",
-              "guest_boot": "slurmd starts B after VM creation, slurmd -b (SLURM_ONE_GUEST_BOOT)",
-              "failed_jobs": failed1,
-              "breakdown": split,
-              "samples_s": {"slurm_one": [rnd(x) for x in over["cand"]],
-                            "baseline": [rnd(x) for x in over["base"]]}}
-        rows.append(row("start_overhead_median", "1. start latency − B, median (submit→job start)",
-                        pct(over["cand"], 50), pct(over["base"], 50), "s", ("figure", 1.0), p1))
-        rows.append(row("start_overhead_p90", "1. start latency − B, p90",
-                        pct(over["cand"], 90), pct(over["base"], 90), "s", None, p1))
-
-        # Row 3 on the slurm-one cluster (the plugin is the same in both).
-        t3 = sbatch_overhead(cand, n_sbatch)
-        none3 = pct(t3["none"], 50)
-        rows.append(row("sbatch_median", "3. sbatch --wrap true, median (plugin vs none)",
-                        pct(t3["plugin"], 50), none3, "ms", ("ratio", 1.05),
-                        {"runs_each": n_sbatch, "order": "plugin, none, floor in rotating order",
-                         "command": "sbatch --parsable --hold -o /dev/null --wrap true (held, then scancel)",
-                         "without": "same slurm.conf with PlugStackConfig = an empty file",
-                         "floor_ratio": rnd(pct(t3["floor"], 50) / none3),
-                         "floor": "a C SPANK plugin registering the same two options (benches/baseline/spank_floor.c)",
-                         "p90_ms": {k: rnd(pct(v, 90)) for k, v in t3.items()},
-                         "median_ms": {k: rnd(pct(v, 50)) for k, v in t3.items()}}))
-        log(f"row 3: sbatch median {pct(t3['plugin'], 50):.2f} ms with the plugin, {none3:.2f} ms without,"
-            f" {pct(t3['floor'], 50):.2f} ms with the C floor plugin")
-
-        # Row 5 on the slurm-one cluster while the baseline's idle nodes wait for SuspendTime.
-        tp = throughput(cand, markers, n_jobs)
-        ideal_rate = cand_nodes * 60.0 / (BOOT + JOB_SECONDS + SUSPEND_TIMEOUT)
-        p5 = {"jobs": n_jobs, "nodes": cand_nodes, "boot_delay_s": BOOT, "job_seconds": JOB_SECONDS,
-              "baseline": "bound: nodes x 60 / (B + job + SuspendTimeout), each node re-provisioned per job",
-              **{k: (rnd(v) if isinstance(v, float) else v) for k, v in tp.items() if k != "leaks"},
-              "leaks": tp["leaks"]}
-        rate = tp["completed"] * 60.0 / tp["wall"]
-        rows.append(row("throughput_rate", f"5. throughput: {n_jobs} × 1 s jobs, jobs/min",
-                        rate, ideal_rate, "jobs/min", None, p5))
-        rows.append(row("throughput_wall", f"5. throughput: wall for {n_jobs} jobs",
-                        tp["wall"], n_jobs * 60.0 / ideal_rate, "s", None, p5))
-        rows.append(row("throughput_leaks", "5. throughput: leftovers after the run (VMs, rows, nodes, slurmds)",
-                        float(tp["leaked"]), None, "items", ("figure", 0), p5))
-        rows.append(row("throughput_retries", "5. throughput: jobs failed, held or retried",
-                        float(tp["failed_or_held"] + tp["jobs_with_more_than_one_vm"]), None, "jobs",
-                        ("figure", 0), p5))
-        log(f"row 5: {n_jobs} jobs in {tp['wall']:.1f} s = {rate:.1f} jobs/min; leftovers {tp['leaked']}, extra VMs {tp['extra_vms']}")
-
-        # Row 4 from row 1's jobs. The stock path frees a node only after SuspendTime.
-        ok = {k: [j for j in v if j["start"] is not None] for k, v in lat.items()}
-        td = {"cand": teardown_samples(cand, markers, ok["cand"], time.time() + 120)}
-        if q:
-            td["base"] = []
-            log("row 4: --quick does not wait SuspendTime (300 s) for the baseline's teardown")
-        else:
-            last_end = max([(markers.read(base, "end", j["job"]) or [time.time()])[0] for j in ok["base"]] or [time.time()])
-            log(f"row 4: waiting for the baseline's SuspendTime teardown (until ~{time.strftime('%H:%M:%S', time.localtime(last_end + SUSPEND_TIME + SUSPEND_TIMEOUT + 30))})")
-            td["base"] = teardown_samples(base, markers, ok["base"], last_end + SUSPEND_TIME + SUSPEND_TIMEOUT + 90)
-        d = {k: {"terminate": [x["terminate"] - x["end"] for x in v if x["terminate"] and x["end"]],
-                 "allocatable": [x["allocatable"] - x["end"] for x in v if x["allocatable"] and x["end"]]}
-             for k, v in td.items()}
-        p4 = {"jobs_each": n_start, "slurm_one": "EpilogSlurmctld: nodes DOWN -> POWER_DOWN, terminate, rows",
-              "baseline": f"stock power-save: SuspendTime={SUSPEND_TIME:g} s idle, then SuspendProgram terminates",
-              "suspend_timeout_s": SUSPEND_TIMEOUT, "measured": "job script's last line -> slurm-one.log "
-              "'teardown terminated' line / node state polled every 0.5 s until idle~",
-              "samples": {k: len(v["terminate"]) for k, v in d.items()},
-              "baseline_measured": not q}
-        for key, title in (("terminate", "4. teardown: job end → last VM terminate"),
-                           ("allocatable", "4. teardown: job end → node allocatable (idle~)")):
-            rows.append(row(f"teardown_{key}", title, pct(d["cand"][key], 50),
-                            pct(d["base"][key], 50) if d["base"][key] else None, "s", None, p4))
+        lat = None
+        if "1" in want:
+            got, lat = start_latency_rows(cand, base, markers, n_start)
+            rows.extend(got)
+        if "3" in want:
+            rows.append(sbatch_row(cand, n_sbatch))
+        # Row 5 on the slurm-one cluster (while the baseline's idle nodes wait for SuspendTime).
+        if "5" in want:
+            rows.extend(throughput_rows(cand, markers, n_jobs, loaded=False))
+        if "5L" in want:
+            rows.extend(throughput_rows(cand, markers, n_jobs, loaded=True))
+        if "4" in want:
+            rows.extend(teardown_rows(cand, base, markers, lat, n_start, q))
     finally:
-        for c in (cand, base):
+        for c in clusters:
             if c.is_up:
                 try:
                     c.down()
@@ -656,6 +659,86 @@ def main():
         with open(a.out, "w") as f:
             json.dump(rows, f, indent=2)
         log(f"cluster rows done in {time.time() - t_all:.0f} s; wrote {a.out}")
+
+
+def start_latency_rows(cand, base, markers, n_start):
+    """Row 1. Returns its rows and its jobs (row 4 samples their teardown)."""
+    rows = []
+    lat = start_latency(cand, base, markers, n_start)
+    over = {k: [x["latency"] - BOOT for x in v if x["latency"] is not None] for k, v in lat.items()}
+    failed1 = {k: sum(1 for x in v if x["latency"] is None) for k, v in lat.items()}
+    # Where the time goes: SLURM's scheduler (submit -> allocation), then the rest.
+    split = {}
+    for c in (cand, base):
+        alloc = c.allocations()
+        ok1 = [x for x in lat[c.name] if x["latency"] is not None and x["job"] in alloc]
+        split[c.name] = {
+            "submit_to_allocation_median_s": rnd(pct([alloc[x["job"]] - x["submit"] for x in ok1], 50)),
+            "allocation_to_start_minus_B_median_s": rnd(pct([x["start"] - alloc[x["job"]] - BOOT for x in ok1], 50)),
+        }
+    p1 = {"jobs_each": n_start, "boot_delay_s": BOOT, "driver": "ns",
+          "job": " ".join(JOB_ARGS) + " (pinned -w to a powered-down node; 1 s script)",
+          "slurm_one": "PrologSlurmctld provisions, sets NodeAddr, waits for registration",
+          "baseline": "stock power-save: ResumeProgram provisions + sets NodeAddr, no prolog",
+          "order": "alternating single jobs, cand/base; each submitted U(0, period) after the "
+                   "previous job of its cluster started (period 30 s base, 1 s cand)",
+          "guest_boot": "slurmd starts B after VM creation, slurmd -b (SLURM_ONE_GUEST_BOOT)",
+          "failed_jobs": failed1,
+          "breakdown": split,
+          "samples_s": {"slurm_one": [rnd(x) for x in over["cand"]],
+                        "baseline": [rnd(x) for x in over["base"]]}}
+    rows.append(row("start_overhead_median", "1. start latency − B, median (submit→job start)",
+                    pct(over["cand"], 50), pct(over["base"], 50), "s", ("figure", 1.0), p1))
+    rows.append(row("start_overhead_p90", "1. start latency − B, p90",
+                    pct(over["cand"], 90), pct(over["base"], 90), "s", None, p1))
+    return rows, lat
+
+
+def sbatch_row(cand, n_sbatch):
+    """Row 3 on the slurm-one cluster (the plugin is the same in both)."""
+    t3 = sbatch_overhead(cand, n_sbatch)
+    none3 = pct(t3["none"], 50)
+    r = row("sbatch_median", "3. sbatch --wrap true, median (plugin vs none)",
+            pct(t3["plugin"], 50), none3, "ms", ("ratio", 1.05),
+            {"runs_each": n_sbatch, "order": "plugin, none, floor in rotating order",
+                     "command": "sbatch --parsable --hold -o /dev/null --wrap true (held, then scancel)",
+                     "without": "same slurm.conf with PlugStackConfig = an empty file",
+                     "floor_ratio": rnd(pct(t3["floor"], 50) / none3),
+                     "floor": "a C SPANK plugin registering the same two options (benches/baseline/spank_floor.c)",
+                     "p90_ms": {k: rnd(pct(v, 90)) for k, v in t3.items()},
+                     "median_ms": {k: rnd(pct(v, 50)) for k, v in t3.items()}})
+    log(f"row 3: sbatch median {pct(t3['plugin'], 50):.2f} ms with the plugin, {none3:.2f} ms without,"
+        f" {pct(t3['floor'], 50):.2f} ms with the C floor plugin")
+    return r
+
+
+def teardown_rows(cand, base, markers, lat, n_start, q):
+    """Row 4 from row 1's jobs. The stock path frees a node only after SuspendTime."""
+    rows = []
+    ok = {k: [j for j in v if j["start"] is not None] for k, v in lat.items()}
+    td = {"cand": teardown_samples(cand, markers, ok["cand"], time.time() + 120)}
+    if q:
+        td["base"] = []
+        log("row 4: --quick does not wait SuspendTime (300 s) for the baseline's teardown")
+    else:
+        last_end = max([(markers.read(base, "end", j["job"]) or [time.time()])[0] for j in ok["base"]] or [time.time()])
+        log(f"row 4: waiting for the baseline's SuspendTime teardown (until ~{time.strftime('%H:%M:%S', time.localtime(last_end + SUSPEND_TIME + SUSPEND_TIMEOUT + 30))})")
+        td["base"] = teardown_samples(base, markers, ok["base"], last_end + SUSPEND_TIME + SUSPEND_TIMEOUT + 90)
+    d = {k: {"terminate": [x["terminate"] - x["end"] for x in v if x["terminate"] and x["end"]],
+             "allocatable": [x["allocatable"] - x["end"] for x in v if x["allocatable"] and x["end"]]}
+         for k, v in td.items()}
+    p4 = {"jobs_each": n_start, "slurm_one": "prolog marks the nodes POWER_DOWN_ASAP; slurmctld powers each down "
+          "after its epilog, SuspendProgram terminates the VM and clears the row",
+          "baseline": f"stock power-save: SuspendTime={SUSPEND_TIME:g} s idle, then SuspendProgram terminates",
+          "suspend_timeout_s": SUSPEND_TIMEOUT, "measured": "job script's last line -> slurm-one.log "
+          "'teardown terminated' line / node state polled every 0.5 s until idle~",
+          "samples": {k: len(v["terminate"]) for k, v in d.items()},
+          "baseline_measured": not q}
+    for key, title in (("terminate", "4. teardown: job end → last VM terminate"),
+                       ("allocatable", "4. teardown: job end → node allocatable (idle~)")):
+        rows.append(row(f"teardown_{key}", title, pct(d["cand"][key], 50),
+                        pct(d["base"][key], 50) if d["base"][key] else None, "s", None, p4))
+    return rows
 
 
 if __name__ == "__main__":
