@@ -13,9 +13,12 @@
 //! Many short-lived processes (prologs and epilogs of concurrent jobs, the reconcile daemon)
 //! open the same file at once. So every change runs in its own `BEGIN IMMEDIATE`
 //! transaction, which takes the write lock up front (a deferred transaction that upgrades
-//! from read to write can fail with `SQLITE_BUSY` without ever calling the busy handler);
-//! a writer that finds the lock taken waits up to the busy timeout, then fails with
-//! [`MappingError::Busy`]. Nothing is cached between calls: each call sees the file as it is.
+//! from read to write can fail with `SQLITE_BUSY` without ever calling the busy handler).
+//! Writers first queue for their turn on an `flock` of `<path>.writers`, waited for in the
+//! kernel; SQLite's own lock is then normally free, and the busy handler (short sleeps)
+//! waits only for a process outside slurm-one. Each wait lasts at most the busy timeout,
+//! then the call fails with [`MappingError::Busy`]. Nothing is cached between calls: each
+//! call sees the file as it is.
 
 use std::fmt;
 use std::fs::{self, DirBuilder, OpenOptions};
@@ -385,6 +388,14 @@ pub enum MappingError {
         /// Underlying error, when taking the lock failed for another reason.
         source: Option<io::Error>,
     },
+    /// The writers' lock file `<path>.writers` could not be opened or locked.
+    #[error("taking the mapping database writers' lock {lock}")]
+    WritersLock {
+        /// The lock file.
+        lock: PathBuf,
+        /// Underlying error.
+        source: io::Error,
+    },
     /// Another process held the lock for longer than the busy timeout.
     #[error("mapping database {path} busy/locked for longer than the {timeout:?} busy timeout while {op}")]
     Busy {
@@ -576,6 +587,71 @@ fn recovery_lock(path: &Path, timeout: Duration) -> Result<fs::File, MappingErro
     }
 }
 
+/// This process's turn to write: the exclusive `flock` on `<path>.writers`, released on drop.
+struct WritersTurn(fs::File);
+
+impl Drop for WritersTurn {
+    fn drop(&mut self) {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: the fd is valid while the file lives. Closing it would release the lock
+        // as well; unlocking first hands the turn on before the close.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+/// Waits up to `timeout` for this process's turn to write: the exclusive `flock` on
+/// `<path>.writers`, waited for in the kernel, which wakes a waiter the moment the lock is
+/// released (SQLite's own lock is polled by the busy handler, and a writer that just
+/// committed usually takes it again before a sleeping waiter wakes: with 32 processes
+/// writing, the slowest inserts waited 400 ms). The blocking `flock` runs on a helper
+/// thread so the wait keeps its deadline; a helper that gets the lock after the deadline
+/// releases it at once. `Ok(None)`: the deadline passed.
+fn writers_turn(path: &Path, timeout: Duration) -> Result<Option<WritersTurn>, MappingError> {
+    use std::os::unix::io::AsRawFd;
+    let lock = with_suffix(path, ".writers");
+    let failed = |source: io::Error| MappingError::WritersLock {
+        lock: lock.clone(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock)
+        .map_err(failed)?;
+    // SAFETY: the fd is valid while `file` lives; flock has no other preconditions.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(Some(WritersTurn(file)));
+    }
+    let err = io::Error::last_os_error();
+    if err.kind() != io::ErrorKind::WouldBlock {
+        return Err(failed(err));
+    }
+    // The same open file description: a lock the helper takes is this file's.
+    let waiter = file.try_clone().map_err(failed)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        // SAFETY: as above, `waiter` lives until the end of this closure.
+        let rc = unsafe { libc::flock(waiter.as_raw_fd(), libc::LOCK_EX) };
+        let result = if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        };
+        if tx.send(result).is_err() && rc == 0 {
+            // Nobody waits any more: hand the turn on.
+            // SAFETY: as above.
+            unsafe { libc::flock(waiter.as_raw_fd(), libc::LOCK_UN) };
+        }
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(())) => Ok(Some(WritersTurn(file))),
+        Ok(Err(e)) => Err(failed(e)),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Renames `path` to `<path>.corrupt-<unix time>` (`.1`, `.2`, ... appended if taken), and
 /// each companion file that exists to the new name plus its suffix. Returns the new name.
 fn set_aside(path: &Path) -> Result<PathBuf, MappingError> {
@@ -632,10 +708,8 @@ struct BusyWait {
 }
 
 /// Sleep between two lock attempts while a wait is young. SQLite's own busy-timeout handler
-/// sleeps up to 100 ms per retry (sqliteDefaultBusyCallback, main.c), so under a burst of
-/// concurrent prologs a writer that lost a few rounds slept far longer than the lock was
-/// ever held (a transaction here takes well under a millisecond): p99 930 ms with 32
-/// writers.
+/// sleeps up to 100 ms per retry (sqliteDefaultBusyCallback, main.c), far longer than the
+/// lock is ever held here (a transaction takes well under a millisecond).
 const BUSY_SLEEP_SHORT: Duration = Duration::from_millis(2);
 
 /// Sleep cap for a wait that has lasted long: the lock is then contended by many, or its
@@ -1331,6 +1405,22 @@ impl MappingDb {
         op: &Op,
         f: impl FnOnce(&Connection) -> Result<T, MappingError>,
     ) -> Result<T, MappingError> {
+        // Writers queue in the kernel first; SQLite's lock is then normally free, and its
+        // busy handler only waits for a process outside slurm-one (an `sqlite3` shell).
+        let Some(_turn) = writers_turn(&self.path, self.busy_timeout)? else {
+            return Err(MappingError::Busy {
+                path: self.path.clone(),
+                op: Box::new(op.clone()),
+                timeout: self.busy_timeout,
+                source: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                    Some(format!(
+                        "other slurm-one writers held {} throughout",
+                        with_suffix(&self.path, ".writers").display()
+                    )),
+                ),
+            });
+        };
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
             .map_err(|e| self.sql_error(op, e))?;
         // On error `tx` is dropped, which rolls back.
@@ -1998,6 +2088,67 @@ mod tests {
         });
         rx.recv().expect("lock taken");
         h
+    }
+
+    /// Holds `<path>.writers` (another writer's turn) for `hold` on a thread.
+    fn hold_writers_turn(path: &Path, hold: Duration) -> thread::JoinHandle<()> {
+        use std::os::unix::io::AsRawFd;
+        let lock = with_suffix(path, ".writers");
+        let (tx, rx) = mpsc::channel();
+        let h = thread::spawn(move || {
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock)
+                .expect("open the writers' lock");
+            // SAFETY: valid fd for the life of `f`.
+            assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+            tx.send(()).expect("signal");
+            thread::sleep(hold);
+        });
+        rx.recv().expect("turn taken");
+        h
+    }
+
+    #[test]
+    fn a_writer_waits_for_its_turn_and_gives_up_at_the_busy_timeout() {
+        let (_d, path) = temp();
+        // Created before the other writer takes its turn (the directory must exist).
+        let db = MappingDb::open(&path, Duration::from_millis(300)).expect("open");
+        let h = hold_writers_turn(&path, Duration::from_millis(100));
+        let t = Instant::now();
+        db.insert_creating(CLUSTER, 1, "n1", "t1")
+            .expect("waits for the turn, then writes");
+        assert!(
+            t.elapsed() >= Duration::from_millis(90),
+            "{:?}",
+            t.elapsed()
+        );
+        h.join().expect("holder");
+
+        let h = hold_writers_turn(&path, Duration::from_secs(1));
+        let t = Instant::now();
+        let err = db
+            .insert_creating(CLUSTER, 2, "n1", "t2")
+            .expect_err("turn held past the busy timeout");
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, MappingError::Busy { op, .. } if matches!(**op, Op::InsertCreating { job_id: 2, .. }))
+                && msg.contains("busy/locked")
+                && msg.contains(&path.display().to_string()),
+            "{msg}"
+        );
+        h.join().expect("holder");
+        // The helper that waited past the deadline handed the turn on: the next write goes.
+        db.insert_creating(CLUSTER, 2, "n1", "t2")
+            .expect("write after the holder let go");
+        assert_eq!(db.all_rows(CLUSTER).expect("rows").len(), 2);
     }
 
     #[test]
