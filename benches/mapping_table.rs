@@ -2,7 +2,7 @@
 //! `delete_row` of `slurm_one::mapping`, timed inside 1 and inside 32 concurrent processes
 //! on one SQLite file (WAL, synchronous FULL, each change its own BEGIN IMMEDIATE), as the
 //! prologs and epilogs of concurrent jobs use it. Reported as p50/p99; the 32-process
-//! figure is compared with the 1-process one. The file lives under `target/bench/tmp` (the
+//! figure is compared with the 1-process one; target: write p99 <= 50 ms with 32 processes. The file lives under `target/bench/tmp` (the
 //! same kind of disk as `/var/lib/slurm-one`). Not a test: it prints figures and writes
 //! `target/bench/mapping.json` (`BENCH_OUT`).
 //!
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{env_list, env_or, percentile, quick, row, write_rows};
+use common::{env_list, env_or, percentile, quick, row, write_rows, Target};
 use serde_json::{json, Value};
 use slurm_one::mapping::MappingDb;
 
@@ -183,14 +183,15 @@ fn main() {
                 percentile(&m, pct),
                 percentile(&a, pct),
                 "ms",
-                None,
+                // Writes must not be the tail of a burst of concurrent prologs.
+                (op != "lookup" && stat == "p99").then_some(Target::FigureAtMost(50.0)),
                 json!({
                     "op": op, "stat": stat, "processes": many, "baseline_processes": alone,
                     "samples": m.len(), "baseline_samples": a.len(),
                     "iterations_per_process": {"baseline": iters(alone), "figure": iters(many)},
                     "rounds": rounds, "background_rows": BACKGROUND_ROWS,
                     "busy_timeout_s": Duration::as_secs(&slurm_one::mapping::DEFAULT_BUSY_TIMEOUT),
-                    "sqlite": "WAL, synchronous=FULL, BEGIN IMMEDIATE per change",
+                    "sqlite": "WAL, synchronous=FULL, BEGIN IMMEDIATE per change, writers queued on an flock",
                 }),
             ));
         }
