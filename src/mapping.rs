@@ -15,8 +15,8 @@
 //! transaction, which takes the write lock up front (a deferred transaction that upgrades
 //! from read to write can fail with `SQLITE_BUSY` without ever calling the busy handler).
 //! Writers first queue for their turn on an `flock` of `<path>.writers`, waited for in the
-//! kernel; SQLite's own lock is then normally free, and the busy handler (short sleeps)
-//! waits only for a process outside slurm-one. Each wait lasts at most the busy timeout,
+//! kernel; SQLite's own lock is then normally free, and its busy timeout waits only for a
+//! process outside slurm-one. Each wait lasts at most the busy timeout,
 //! then the call fails with [`MappingError::Busy`]. Nothing is cached between calls: each
 //! call sees the file as it is.
 
@@ -550,11 +550,32 @@ const COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
 /// How often a reconcile retries the recovery lock while another one holds it.
 const RECOVERY_LOCK_RETRY: Duration = Duration::from_millis(50);
 
+/// Opens (creating it 0600) a lock file and tries its exclusive `flock` without waiting:
+/// `Ok(true)` taken, `Ok(false)` another holds it.
+fn try_lock_file(lock: &Path) -> io::Result<(fs::File, bool)> {
+    use std::os::unix::io::AsRawFd;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(lock)?;
+    // SAFETY: the fd is valid while `file` lives; flock has no other preconditions.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok((file, true));
+    }
+    let err = io::Error::last_os_error();
+    if err.kind() == io::ErrorKind::WouldBlock {
+        Ok((file, false))
+    } else {
+        Err(err)
+    }
+}
+
 /// Takes the exclusive `flock` on `<path>.recover-lock` (created 0600) that serializes
 /// moving a corrupt database aside, waiting up to `timeout`. Held while the returned file
 /// lives.
 fn recovery_lock(path: &Path, timeout: Duration) -> Result<fs::File, MappingError> {
-    use std::os::unix::io::AsRawFd;
     let lock = with_suffix(path, ".recover-lock");
     let locked = |source: Option<io::Error>| MappingError::RecoveryLocked {
         path: path.to_path_buf(),
@@ -562,23 +583,12 @@ fn recovery_lock(path: &Path, timeout: Duration) -> Result<fs::File, MappingErro
         timeout,
         source,
     };
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&lock)
-        .map_err(|e| locked(Some(e)))?;
     let deadline = Instant::now() + timeout;
     loop {
-        // SAFETY: the fd is valid while `file` lives; flock has no other preconditions.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(file);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::WouldBlock {
-            return Err(locked(Some(err)));
+        match try_lock_file(&lock) {
+            Ok((file, true)) => return Ok(file),
+            Ok((_, false)) => {}
+            Err(e) => return Err(locked(Some(e))),
         }
         if Instant::now() >= deadline {
             return Err(locked(None));
@@ -601,9 +611,9 @@ impl Drop for WritersTurn {
 
 /// Waits up to `timeout` for this process's turn to write: the exclusive `flock` on
 /// `<path>.writers`, waited for in the kernel, which wakes a waiter the moment the lock is
-/// released (SQLite's own lock is polled by the busy handler, and a writer that just
+/// released (SQLite's own lock is polled by its busy handler, and a writer that just
 /// committed usually takes it again before a sleeping waiter wakes: with 32 processes
-/// writing, the slowest inserts waited 400 ms). The blocking `flock` runs on a helper
+/// writing, the slowest inserts waited 400-900 ms). The blocking `flock` runs on a helper
 /// thread so the wait keeps its deadline; a helper that gets the lock after the deadline
 /// releases it at once. `Ok(None)`: the deadline passed.
 fn writers_turn(path: &Path, timeout: Duration) -> Result<Option<WritersTurn>, MappingError> {
@@ -613,20 +623,9 @@ fn writers_turn(path: &Path, timeout: Duration) -> Result<Option<WritersTurn>, M
         lock: lock.clone(),
         source,
     };
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&lock)
-        .map_err(failed)?;
-    // SAFETY: the fd is valid while `file` lives; flock has no other preconditions.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+    let (file, taken) = try_lock_file(&lock).map_err(failed)?;
+    if taken {
         return Ok(Some(WritersTurn(file)));
-    }
-    let err = io::Error::last_os_error();
-    if err.kind() != io::ErrorKind::WouldBlock {
-        return Err(failed(err));
     }
     // The same open file description: a lock the helper takes is this file's.
     let waiter = file.try_clone().map_err(failed)?;
@@ -692,73 +691,9 @@ fn set_aside(path: &Path) -> Result<PathBuf, MappingError> {
 /// run or one reconcile pass.
 #[derive(Debug)]
 pub struct MappingDb {
-    // Declared before `busy_wait`, so it is closed before the handler's state is freed.
     conn: Connection,
     path: PathBuf,
     busy_timeout: Duration,
-    busy_wait: Box<BusyWait>,
-}
-
-/// State of the connection's busy handler: how long one lock wait may last, and when the
-/// current one began.
-#[derive(Debug)]
-struct BusyWait {
-    timeout: Duration,
-    since: std::cell::Cell<Option<Instant>>,
-}
-
-/// Sleep between two lock attempts while a wait is young. SQLite's own busy-timeout handler
-/// sleeps up to 100 ms per retry (sqliteDefaultBusyCallback, main.c), far longer than the
-/// lock is ever held here (a transaction takes well under a millisecond).
-const BUSY_SLEEP_SHORT: Duration = Duration::from_millis(2);
-
-/// Sleep cap for a wait that has lasted long: the lock is then contended by many, or its
-/// holder is starved of CPU, and waiters that woke every 2 ms would take that CPU from it.
-const BUSY_SLEEP_LONG: Duration = Duration::from_millis(25);
-
-/// How long to sleep before lock attempt `count + 1` of a wait that began `waited` ago:
-/// 50 µs doubling up to [`BUSY_SLEEP_SHORT`], then growing with the wait (a quarter of it)
-/// up to [`BUSY_SLEEP_LONG`]; with jitter (between half and all of it) so that waiters
-/// woken together do not collide again.
-fn busy_sleep(count: u32, waited: Duration) -> Duration {
-    let cap = (waited / 4).clamp(BUSY_SLEEP_SHORT, BUSY_SLEEP_LONG);
-    let full = Duration::from_micros(50u64 << count.min(10)).min(cap);
-    // Cheap per-call noise: the clock's nanoseconds mixed with the pid.
-    let noise = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos())
-        ^ std::process::id().rotate_left(16);
-    let noise = noise.wrapping_mul(0x9E37_79B9) >> 16; // 0..65535
-    full / 2 + full / 2 * noise / 65_536
-}
-
-/// SQLite's busy handler for the mapping table (`sqlite3_busy_handler`): short, jittered
-/// sleeps until [`BusyWait::timeout`] has passed since this lock wait began (`count == 0`).
-/// Returns 0 (give up, SQLITE_BUSY) or 1 (try again). Nothing in it can panic.
-extern "C" fn busy_wait_handler(
-    ctx: *mut std::ffi::c_void,
-    count: std::ffi::c_int,
-) -> std::ffi::c_int {
-    // SAFETY: `ctx` is the `BusyWait` boxed in the `MappingDb` that owns this connection;
-    // the box outlives the connection (field order) and SQLite calls the handler only on
-    // the thread using the connection (`Connection` is not `Sync`).
-    let wait = unsafe { &*(ctx as *const BusyWait) };
-    let now = Instant::now();
-    let since = match wait.since.get() {
-        Some(t) if count > 0 => t,
-        _ => {
-            wait.since.set(Some(now));
-            now
-        }
-    };
-    let waited = now.saturating_duration_since(since);
-    if waited >= wait.timeout {
-        return 0;
-    }
-    thread::sleep(
-        busy_sleep(u32::try_from(count).unwrap_or(u32::MAX), waited).min(wait.timeout - waited),
-    );
-    1
 }
 
 /// A row as read, before its values are checked.
@@ -843,10 +778,6 @@ impl MappingDb {
             conn,
             path: path.to_path_buf(),
             busy_timeout,
-            busy_wait: Box::new(BusyWait {
-                timeout: busy_timeout,
-                since: std::cell::Cell::new(None),
-            }),
         };
         db.configure()?;
         db.migrate()?;
@@ -1300,23 +1231,11 @@ impl MappingDb {
     /// Busy timeout, synchronous mode and the WAL journal.
     fn configure(&self) -> Result<(), MappingError> {
         let op = Op::Configure;
-        // SAFETY: the handle is this open connection's; the context is the boxed
-        // `BusyWait`, which lives as long as the connection (see `busy_wait_handler`).
-        let rc = unsafe {
-            rusqlite::ffi::sqlite3_busy_handler(
-                self.conn.handle(),
-                Some(busy_wait_handler),
-                std::ptr::from_ref::<BusyWait>(&self.busy_wait)
-                    .cast_mut()
-                    .cast(),
-            )
-        };
-        if rc != rusqlite::ffi::SQLITE_OK {
-            return Err(self.sql_error(
-                &op,
-                rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rc), None),
-            ));
-        }
+        // SQLite's own handler only ever waits for a process outside slurm-one: slurm-one's
+        // writers have queued for their turn (`writers_turn`) before they take its lock.
+        self.conn
+            .busy_timeout(self.busy_timeout)
+            .map_err(|e| self.sql_error(&op, e))?;
         // FULL: a committed mapping survives power loss; losing one would orphan a VM.
         self.conn
             .pragma_update(None, "synchronous", "FULL")
@@ -1406,7 +1325,7 @@ impl MappingDb {
         f: impl FnOnce(&Connection) -> Result<T, MappingError>,
     ) -> Result<T, MappingError> {
         // Writers queue in the kernel first; SQLite's lock is then normally free, and its
-        // busy handler only waits for a process outside slurm-one (an `sqlite3` shell).
+        // busy timeout only waits for a process outside slurm-one (an `sqlite3` shell).
         let Some(_turn) = writers_turn(&self.path, self.busy_timeout)? else {
             return Err(MappingError::Busy {
                 path: self.path.clone(),
@@ -2090,6 +2009,15 @@ mod tests {
         h
     }
 
+    /// The call that started at `t` waited at least `ms` milliseconds (for a lock).
+    fn waited_at_least(t: Instant, ms: u64) {
+        assert!(
+            t.elapsed() >= Duration::from_millis(ms),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
     /// Holds `<path>.writers` (another writer's turn) for `hold` on a thread.
     fn hold_writers_turn(path: &Path, hold: Duration) -> thread::JoinHandle<()> {
         use std::os::unix::io::AsRawFd;
@@ -2120,11 +2048,7 @@ mod tests {
         let t = Instant::now();
         db.insert_creating(CLUSTER, 1, "n1", "t1")
             .expect("waits for the turn, then writes");
-        assert!(
-            t.elapsed() >= Duration::from_millis(90),
-            "{:?}",
-            t.elapsed()
-        );
+        waited_at_least(t, 90);
         h.join().expect("holder");
 
         let h = hold_writers_turn(&path, Duration::from_secs(1));
@@ -2132,11 +2056,7 @@ mod tests {
         let err = db
             .insert_creating(CLUSTER, 2, "n1", "t2")
             .expect_err("turn held past the busy timeout");
-        assert!(
-            t.elapsed() >= Duration::from_millis(300),
-            "{:?}",
-            t.elapsed()
-        );
+        waited_at_least(t, 300);
         let msg = err.to_string();
         assert!(
             matches!(&err, MappingError::Busy { op, .. } if matches!(**op, Op::InsertCreating { job_id: 2, .. }))
@@ -2159,11 +2079,7 @@ mod tests {
         let t = Instant::now();
         db.insert_creating(CLUSTER, 1, "n1", "t1")
             .expect("waits, then succeeds");
-        assert!(
-            t.elapsed() >= Duration::from_millis(800),
-            "{:?}",
-            t.elapsed()
-        );
+        waited_at_least(t, 800);
         h.join().expect("holder");
         assert_eq!(db.job_rows(CLUSTER, 1).expect("rows").len(), 1);
     }
@@ -2341,29 +2257,6 @@ mod tests {
             .unwrap()
             .iter()
             .all(|r| r.state == RowState::TearingDown));
-    }
-
-    #[test]
-    fn busy_sleeps_are_short_and_grow_to_their_cap() {
-        // A young wait: first retry within 50 µs, then at most 2 ms (less jitter),
-        // far below SQLite's own 100 ms steps.
-        let first = busy_sleep(0, Duration::ZERO);
-        assert!(first >= Duration::from_micros(25) && first <= Duration::from_micros(50));
-        for count in [6, 7, 100, u32::MAX] {
-            let d = busy_sleep(count, Duration::from_millis(3));
-            assert!(
-                d >= BUSY_SLEEP_SHORT / 2 && d <= BUSY_SLEEP_SHORT,
-                "count {count}: {d:?}"
-            );
-        }
-        // A long wait backs off to a quarter of what it waited, at most 25 ms.
-        let d = busy_sleep(20, Duration::from_millis(40));
-        assert!(
-            d >= Duration::from_millis(5) && d <= Duration::from_millis(10),
-            "{d:?}"
-        );
-        let d = busy_sleep(200, Duration::from_secs(5));
-        assert!(d >= BUSY_SLEEP_LONG / 2 && d <= BUSY_SLEEP_LONG, "{d:?}");
     }
 
     #[test]
