@@ -315,6 +315,7 @@ fn provision_and_register(
         cpu_share,
         template,
     };
+    let series = slurm::series()?;
     // Which slurmd each node last heard from: only a registration after this one is from
     // the new VM (a stale VM's slurmd may have registered under the name in between jobs).
     let before: Vec<(String, Option<String>)> = slurm::nodes(&cloud.join(","))?
@@ -334,21 +335,25 @@ fn provision_and_register(
     // allocation) has yet to ask for the nodes' power-up: a VM boots for far longer than
     // that, and one whose slurmd was faster is handled in `wait_registered`.
     let up = Provisioner::new(cfg, one, db).provision(&request)?;
-    // A VM without an IP (no NIC in the template) can only be reached by its node's name.
-    let addrs: Vec<(String, String)> = up
-        .iter()
-        .map(|n| {
-            (
-                n.node.clone(),
-                n.ip.clone().unwrap_or_else(|| n.node.clone()),
-            )
-        })
-        .collect();
-    if up.iter().any(|n| n.ip.is_none()) {
-        log::warn!("job {job_id}: some VMs have no IP; their nodes get their names as address");
-    }
-    if !addrs.is_empty() {
-        slurm::set_node_addrs(&addrs)?;
+    // 23.11 and later take the node's address from its VM's own registration (which the
+    // job waits for anyway): the address the VM's slurmd connects from, not OpenNebula's.
+    if !series.registration_sets_address() {
+        // A VM without an IP (no NIC in the template) can only be reached by its node's name.
+        let addrs: Vec<(String, String)> = up
+            .iter()
+            .map(|n| {
+                (
+                    n.node.clone(),
+                    n.ip.clone().unwrap_or_else(|| n.node.clone()),
+                )
+            })
+            .collect();
+        if up.iter().any(|n| n.ip.is_none()) {
+            log::warn!("job {job_id}: some VMs have no IP; their nodes get their names as address");
+        }
+        if !addrs.is_empty() {
+            slurm::set_node_addrs(&addrs)?;
+        }
     }
     let result = wait_registered(cfg, one, job_id, &up, cloud, &before)
         .and_then(|()| power_down_after_job(job_id, cloud));
@@ -372,10 +377,7 @@ fn provision_and_register(
 /// Set once the nodes have registered: the job starts only after this prolog exits, so no
 /// earlier mark is needed, and a node is never drained while it powers up.
 fn power_down_after_job(job_id: u32, nodes: &[String]) -> Result<(), HookError> {
-    slurm::power_down_asap(
-        nodes,
-        &format!("slurm-one: job {job_id} runs in this node's VM; powered down when it ends"),
-    )?;
+    slurm::power_down_asap(nodes, &crate::provision::runs_in_vm_reason(job_id))?;
     Ok(())
 }
 

@@ -227,6 +227,23 @@ pub trait SlurmView {
     fn comment_job(&self, _job_id: u32, _text: &str) -> Result<(), String> {
         Ok(())
     }
+
+    /// Whether slurmctld takes a cloud node's address from its slurmd's registration
+    /// (SLURM 23.11 and later, [`crate::slurm::Series::registration_sets_address`]).
+    fn registration_sets_address(&self) -> Result<bool, String> {
+        Ok(false)
+    }
+
+    /// Marks nodes to power down once their job has ended (POWER_DOWN_ASAP), as the prolog
+    /// does once they registered.
+    fn power_down_after_job(&self, _nodes: &[String], _reason: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The reason the nodes of a running job carry (`sinfo -R`) until they power down after it.
+pub fn runs_in_vm_reason(job_id: u32) -> String {
+    format!("slurm-one: job {job_id} runs in this node's VM; powered down when it ends")
 }
 
 /// A DOWN cloud node.
@@ -278,13 +295,22 @@ pub enum Drift {
         node: String,
     },
     /// A job SLURM started while its rows say the VMs were never finished: its prolog was
-    /// killed mid-provision (slurmctld 22.05 counts a prolog killed by a signal as a
-    /// success). Its nodes are set DOWN → POWER_DOWN so SLURM requeues or fails the job;
-    /// the epilog then ends the VMs.
+    /// killed mid-provision (slurmctld counts a prolog killed by a signal as a success).
+    /// Its nodes are set DOWN → POWER_DOWN so SLURM requeues or fails the job; the epilog
+    /// then ends the VMs.
     UnreadyStart {
         /// Job.
         job_id: u32,
         /// Its nodes whose VMs were not ready.
+        nodes: Vec<String>,
+    },
+    /// The same on SLURM 23.11 and later, where every node had a VM of the job, still
+    /// alive: the job runs on them (see `reconcile`), so the killed prolog's work is
+    /// finished instead: rows running, nodes marked to power down after the job.
+    AdoptedStart {
+        /// Job.
+        job_id: u32,
+        /// Its nodes, now marked.
         nodes: Vec<String>,
     },
     /// A VM of a live job that the table lost: its row is rebuilt from the tags.
@@ -1056,7 +1082,57 @@ impl<'a> Provisioner<'a> {
                         .push(row.node.clone());
                 }
             }
+            // SLURM 22.05 launches such a job at the address the prolog parked its nodes at
+            // (nowhere): it must be requeued. From 23.11 slurmctld starts a job only once its
+            // nodes' slurmds registered and takes each node's address from that registration
+            // (src/slurmctld/node_mgr.c, validate_node_specs, 24.11.5), so the job runs on
+            // whatever registered under its nodes' names; when that can only be the VMs made
+            // for it (each node has one, alive; a stale VM's slurmd would be refused by the
+            // plugin's job prolog), requeueing would only throw a healthy job's work away.
+            let adopt_possible = !unready.is_empty()
+                && slurm.registration_sets_address().unwrap_or_else(|e| {
+                    report
+                        .errors
+                        .push(format!("cannot ask SLURM for its series: {e}"));
+                    false
+                });
             for (job_id, nodes) in unready {
+                let alive = |node: &String| {
+                    rows.iter()
+                        .find(|r| r.job_id == job_id && &r.node == node)
+                        .and_then(|r| r.vm_id)
+                        .is_some_and(|id| {
+                            ours.iter()
+                                .any(|v| v.id == id && v.state == VmState::Active)
+                        })
+                };
+                if adopt_possible && nodes.iter().all(alive) {
+                    report.drifts.push(Drift::AdoptedStart {
+                        job_id,
+                        nodes: nodes.clone(),
+                    });
+                    if dry_run {
+                        continue;
+                    }
+                    log::warn!(
+                        "reconcile: job {job_id} started on the VMs its killed prolog made \
+                         (SLURM took their addresses from their registrations); marking \
+                         rows running and nodes {} to power down after it",
+                        nodes.join(",")
+                    );
+                    for node in &nodes {
+                        if let Err(e) =
+                            self.db
+                                .set_state(cluster, job_id, node, RowState::Running, None)
+                        {
+                            report.errors.push(format!("job {job_id} node {node}: {e}"));
+                        }
+                    }
+                    if let Err(e) = slurm.power_down_after_job(&nodes, &runs_in_vm_reason(job_id)) {
+                        report.errors.push(format!("job {job_id}: {e}"));
+                    }
+                    continue;
+                }
                 report.drifts.push(Drift::UnreadyStart {
                     job_id,
                     nodes: nodes.clone(),

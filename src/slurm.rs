@@ -40,6 +40,68 @@ pub enum SlurmError {
         /// What it printed on stderr.
         stderr: String,
     },
+    /// `scontrol --version` printed something other than `slurm[-wlm] MAJOR.MINOR.PATCH`.
+    #[error("cannot tell the SLURM series from `scontrol --version`: {output:?}")]
+    Version {
+        /// What it printed.
+        output: String,
+    },
+}
+
+/// A SLURM release series (major.minor, e.g. 24.11), the unit in which SLURM changes
+/// behaviour: a maintenance release (24.11.5) only fixes bugs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Series {
+    /// The year of the release (22, 23, ...).
+    pub major: u32,
+    /// Its month (02, 05, 11).
+    pub minor: u32,
+}
+
+impl Series {
+    /// The series `major.minor`.
+    pub const fn new(major: u32, minor: u32) -> Self {
+        Series { major, minor }
+    }
+
+    /// From what `scontrol --version` prints: `slurm 24.11.5` (SchedMD's builds) or
+    /// `slurm-wlm 22.05.8` (Debian's).
+    pub fn from_version_output(text: &str) -> Result<Series, SlurmError> {
+        let bad = || SlurmError::Version {
+            output: one_line(text, 200),
+        };
+        let mut words = text.split_whitespace();
+        let (Some(name), Some(version)) = (words.next(), words.next()) else {
+            return Err(bad());
+        };
+        if !name.starts_with("slurm") {
+            return Err(bad());
+        }
+        let mut parts = version.split('.');
+        let major = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let minor = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        Ok(Series { major, minor })
+    }
+
+    /// Whether slurmctld takes a cloud node's address from its slurmd's registration.
+    /// Since 23.11 it does for every cloud node: RELEASE_NOTES of 23.11 ("Remove
+    /// cloud_reg_addrs and make it default behavior"); src/slurmctld/node_mgr.c,
+    /// validate_node_specs(), sets comm_name from the registration's peer address (24.11.5
+    /// lines 3652-3667). Before, NodeAddr stays what `scontrol update nodeaddr=` set.
+    pub fn registration_sets_address(self) -> bool {
+        self >= Series::new(23, 11)
+    }
+}
+
+impl std::fmt::Display for Series {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:02}", self.major, self.minor)
+    }
+}
+
+/// The series of the SLURM whose clients are on PATH (`scontrol --version`).
+pub fn series() -> Result<Series, SlurmError> {
+    Series::from_version_output(&run(&["scontrol", "--version"], COMMAND_TIMEOUT)?)
 }
 
 /// Runs `argv` with a timeout; returns stdout.
@@ -513,6 +575,16 @@ impl SlurmView for SlurmCli {
         set_job_admin_comment(job_id, text).map_err(|e| e.to_string())
     }
 
+    fn registration_sets_address(&self) -> Result<bool, String> {
+        series()
+            .map(Series::registration_sets_address)
+            .map_err(|e| e.to_string())
+    }
+
+    fn power_down_after_job(&self, nodes: &[String], reason: &str) -> Result<(), String> {
+        power_down_asap(nodes, reason).map_err(|e| e.to_string())
+    }
+
     fn return_nodes(&self, nodes: &[StuckNode]) -> Result<(), String> {
         for n in nodes {
             // A powered-down node only needs its DOWN cleared; a powered-up one (its VM is
@@ -543,6 +615,28 @@ impl SlurmView for NoSlurm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_from_scontrol_version() {
+        let s = |t| Series::from_version_output(t).map_err(|e| e.to_string());
+        assert_eq!(s("slurm-wlm 22.05.8\n"), Ok(Series::new(22, 5)));
+        assert_eq!(s("slurm 24.11.5\n"), Ok(Series::new(24, 11)));
+        assert_eq!(s("slurm 26.05.0-0rc1"), Ok(Series::new(26, 5)));
+        assert_eq!(Series::new(22, 5).to_string(), "22.05");
+        for bad in ["", "slurm", "munge 0.5.15", "slurm x.y", "slurm 24"] {
+            let err = s(bad).expect_err(bad);
+            assert!(err.contains("scontrol --version"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn registration_sets_the_address_from_23_11() {
+        assert!(!Series::new(22, 5).registration_sets_address());
+        assert!(!Series::new(23, 2).registration_sets_address());
+        assert!(Series::new(23, 11).registration_sets_address());
+        assert!(Series::new(24, 11).registration_sets_address());
+        assert!(Series::new(26, 5).registration_sets_address());
+    }
 
     #[test]
     fn finished_jobs_are_not_live() {

@@ -53,6 +53,12 @@ def pct(values, p):
     return v[min(max(rank, 1), len(v)) - 1]
 
 
+# The SLURM series the clusters run (--slurm); "" for the host's.
+SERIES = ""
+# The version the clusters' scontrol reports, for every row's params.
+SLURM_VERSION = None
+
+
 def rnd(x):
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else round(x, 3)
 
@@ -69,7 +75,7 @@ def row(id_, title, figure, baseline, units, target=None, params=None):
         met = None if val is None or not math.isfinite(val) else val <= x
     return {"id": id_, "title": title, "figure": rnd(figure), "baseline": rnd(baseline),
             "ratio": rnd(ratio), "units": units, "target": text, "met": met,
-            "params": params or {}}
+            "params": {**(params or {}), "slurm": SLURM_VERSION}}
 
 
 # --- munged ------------------------------------------------------------------------------
@@ -129,6 +135,7 @@ class Cluster:
             "SLURM_ONE_SIM_PORT": str(sim_port), "SLURM_ONE_CTLD_PORT": str(ctld_port),
             "SLURM_ONE_SLURMD_PORT": str(slurmd_port), "SLURM_ONE_BOOT_DELAY": f"{BOOT:g}s",
             "SLURM_ONE_MODE": mode,
+            "SLURM_ONE_SLURM": SERIES,
             # Guests start B after creation and report that as their boot time, as real VMs
             # do; with one-sim's default (guest at once, boot time 1-2 s before creation)
             # SLURM ignores registrations that arrive after the resume request.
@@ -144,7 +151,11 @@ class Cluster:
         e.update(self.vars)
         e["SLURM_CONF"] = conf or self.conf
         e["SLURM_ONE_CONFIG"] = self.config
-        e["PATH"] = os.path.join(self.dev, "bin") + ":" + e.get("PATH", "/usr/bin:/bin")
+        # A series other than the host's: scripts/cluster's wrappers run its clients in its root.
+        path = [os.path.join(self.dev, "bin")]
+        if SERIES and os.path.isdir(os.path.join(self.dev, "slurm-bin")):
+            path.insert(0, os.path.join(self.dev, "slurm-bin"))
+        e["PATH"] = ":".join(path) + ":" + e.get("PATH", "/usr/bin:/bin")
         return e
 
     def script(self, *args, check=True):
@@ -607,7 +618,11 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--rows", default="1,3,4,5,5L",
                     help="which rows: 1, 3, 4 (from row 1's jobs), 5, 5L (row 5 with all cores loaded)")
+    ap.add_argument("--slurm", default="",
+                    help="SLURM series of both clusters (scripts/cluster up --slurm); default the host's")
     a = ap.parse_args()
+    global SERIES
+    SERIES = a.slurm
     q = a.quick
     want = set(a.rows.split(","))
     unknown = want - {"1", "3", "4", "5", "5L"}
@@ -632,6 +647,9 @@ def main():
     try:
         for c in clusters:
             c.up()
+        global SLURM_VERSION
+        SLURM_VERSION = cand.run(["scontrol", "--version"]).stdout.split()[-1]
+        log(f"SLURM {SLURM_VERSION}")
         lat = None
         if "1" in want:
             got, lat = start_latency_rows(cand, base, markers, n_start)

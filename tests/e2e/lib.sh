@@ -16,6 +16,13 @@ E2E_TMP=${E2E_TMP:-$(mktemp -d /tmp/slurm-one-e2e.XXXXXX)}
 chmod 755 "$E2E_TMP"
 E2E_JOBS=$E2E_TMP/jobs.$$
 : >"$E2E_JOBS"
+# Prefix that runs a command where slurmctld runs its hooks: in the SLURM series' root when
+# the cluster runs a series other than the host's (scripts/cluster env), else as it is.
+# shellcheck disable=SC2034 # used by the cases
+E2E_IN_SLURM=()
+if [ -n "${SLURM_ONE_SLURM_ROOT:-}" ]; then E2E_IN_SLURM=(chroot "$SLURM_ONE_SLURM_ROOT"); fi
+# The cluster's SLURM series, e.g. 24.11 (from its own scontrol).
+slurm_series() { scontrol --version | awk '{print $2}' | cut -d. -f1,2; }
 
 # --- reporting ------------------------------------------------------------------------
 

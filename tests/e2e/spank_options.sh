@@ -5,11 +5,15 @@
 # or munged runs: a valid submission gets past the plugin and then fails to reach the
 # controller. Runs as root (the prolog cases use a private mount namespace). Builds the plugin
 # (release) if it is missing. Last line: `N passed, M failed`; exit status 1 on any failure.
+# scripts/e2e runs it with the plugin of its cluster (E2E_SPANK_SO) and, for a SLURM series
+# other than the host's, that series' programs: `sbatch` is then scripts/cluster's wrapper
+# (PATH) and slurmstepd runs in SLURM_ONE_SLURM_ROOT.
 # Also prints the time of 30 plugin loads (`sbatch --version`) with and without the plugin.
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
-so=$root/target/release/libslurm_one_spank.so
+so=${E2E_SPANK_SO:-$root/target/release/libslurm_one_spank.so}
+slurm_root=${SLURM_ONE_SLURM_ROOT:-}
 if [[ ! -f $so ]]; then
     (cd "$root" && cargo build --quiet -p slurm-one-spank --release) || {
         echo "cannot build $so"
@@ -164,15 +168,16 @@ expect_controller_error "a plain sbatch ignores an unreadable config" \
 # --- slurmstepd spank prolog (job_script context, as root inside the VM) ---
 
 # prolog CONF CONTEXT: runs the spank prolog of job 42 with /run/one-context/context.sh
-# holding CONTEXT ("-" = no file), in a private mount namespace with its own /run.
+# holding CONTEXT ("-" = no file), in a private mount namespace with its own /run/one-context.
 prolog() {
     local conf=$1 context=$2
     printf '%s' "$context" >"$tmp/context.sh"
-    SLURM_CONF=$conf CONTEXT=$context SRC=$tmp/context.sh timeout 20 unshare -m bash -c '
-        mount -t tmpfs slurm-one-e2e /run && mkdir -p /run/one-context || exit 99
-        [[ $CONTEXT == - ]] || cp "$SRC" /run/one-context/context.sh
-        SLURM_JOBID=42 SLURM_JOB_ID=42 SLURM_UID=0 SLURM_JOB_UID=0 SLURM_JOB_GID=0 \
-            exec /usr/sbin/slurmstepd spank prolog </dev/null' >"$tmp/out" 2>"$tmp/err"
+    SLURM_CONF=$conf CONTEXT=$context SRC=$tmp/context.sh ROOT=$slurm_root timeout 20 unshare -m bash -c '
+        mkdir -p "$ROOT/run/one-context" && mount -t tmpfs slurm-one-e2e "$ROOT/run/one-context" || exit 99
+        [[ $CONTEXT == - ]] || cp "$SRC" "$ROOT/run/one-context/context.sh"
+        export SLURM_JOBID=42 SLURM_JOB_ID=42 SLURM_UID=0 SLURM_JOB_UID=0 SLURM_JOB_GID=0
+        if [[ -n $ROOT ]]; then exec chroot "$ROOT" /usr/sbin/slurmstepd spank prolog </dev/null; fi
+        exec /usr/sbin/slurmstepd spank prolog </dev/null' >"$tmp/out" 2>"$tmp/err"
     rc=$?
     err=$(<"$tmp/err")
 }

@@ -30,7 +30,7 @@ ctld_mark=$(log_lines "$E2E_CTLD_LOG")
 hook_by_hand() {
     local out=$E2E_TMP/$1.$2
     while [ ! -e "$3" ]; do sleep 0.01; done
-    exec env -i SLURM_JOB_ID="$job" SLURM_JOB_NODELIST="$nodes" SLURM_JOB_USER=root \
+    exec "${E2E_IN_SLURM[@]}" env -i SLURM_JOB_ID="$job" SLURM_JOB_NODELIST="$nodes" SLURM_JOB_USER=root \
         SLURM_JOB_UID=0 SLURM_JOB_GID=0 SLURM_JOB_NAME=wrap SLURM_JOB_PARTITION=one \
         SLURM_JOB_ACCOUNT= SLURM_JOB_EXIT_CODE=0 SLURM_JOB_EXIT_CODE2=0:0 SLURM_JOB_DERIVED_EC=0 \
         SLURM_CLUSTER_NAME=dev SLURM_SCRIPT_CONTEXT=epilog_slurmctld \

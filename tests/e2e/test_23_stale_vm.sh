@@ -30,7 +30,7 @@ job=$(submit -H -N1 -w vm1 -o "$out" --wrap 'grep SLURM_JOB_ID= /run/one-context
 ns=$(vm_netns "$stale_id" "$stale_ip") || fail "no netns of stale VM $stale_id"
 pid=$(ip netns pids "$ns" | while read -r p; do [ "$(cat /proc/"$p"/comm)" = slurmd ] && echo "$p"; done | head -1)
 [ -n "$pid" ] || fail "no slurmd in stale VM $stale_id ($ns)"
-err=$(nsenter -t "$pid" -m -u -n -- env -i PATH=/usr/sbin:/usr/bin:/bin SLURM_CONF="$SLURM_CONF" \
+err=$(nsenter -t "$pid" -m -u -n -r -w -- env -i PATH=/usr/sbin:/usr/bin:/bin SLURM_CONF="$SLURM_CONF" \
     SLURM_JOBID="$job" SLURM_JOB_ID="$job" SLURM_UID=0 SLURM_JOB_UID=0 SLURM_JOB_GID=0 \
     timeout 20 /usr/sbin/slurmstepd spank prolog </dev/null 2>&1 >/dev/null)
 rc=$?

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # A VM whose guest booted before slurmctld asked for its node's power-up: slurmctld ignores
 # that slurmd's registration ("Still waiting for boot of node"), and the slurmd does not
-# register again. Here the guest reports its namespace's uptime as boot time (no slurmd -b:
-# 1-2 s before the VM was made, so before the request) and starts slurmd 3 s later (after
-# the request). Expects: the prolog sees the ignored registration and reboots the VM through
+# register again. Here the guest reports a boot time before the request (below) and starts
+# slurmd 3 s later (after the request). Expects: the prolog sees the ignored registration and reboots the VM through
 # OpenNebula (one.vm.action reboot); the rebooted guest registers; the job completes on that
 # same VM; nothing is left.
 set -uo pipefail
@@ -12,8 +11,20 @@ source "$(dirname "$0")/lib.sh"
 case_begin
 trap 'config_restore; cancel_my_jobs' EXIT
 
-config_sub '^(?:sleep [0-9.]+; )?exec (/usr/sbin/slurmd -N \{node\}) -b ' 'sleep 3; exec \1 ' ||
-    fail "cannot change provisioning.start_script"
+# On 22.05 slurmctld asks for the power-up at its next power-save pass, about a second after
+# the allocation; the guest's rounded-up uptime puts its boot 1-2 s before the VM was made,
+# so before that request. From 23.11 the pass runs as soon as the job is allocated (it is
+# woken by the node update; src/slurmctld/power_save.c, _power_save_thread, 24.11.5), in the
+# same second as the prolog makes the VM: the guest then says it booted 2 s before its
+# namespace did, through slurmd -b's SLURMD_BOOT_TIME (23.11+, src/slurmd/slurmd/slurmd.c).
+# Either way the rebooted guest boots after the request. (On a series in a root file
+# system, the line mounts the context and chroots first.)
+line='^(?:sleep [0-9.]+; )?((?:mount .* && )?)(exec (?:/usr/sbin/chroot \S+ )?/usr/sbin/slurmd -N \{node\}) -b '
+if [ "$(slurm_series)" = 22.05 ]; then
+    config_sub "$line" 'sleep 3; \1\2 '
+else
+    config_sub "$line" 'sleep 3; \1SLURMD_BOOT_TIME=$(( $(date +%s) - $(cut -d. -f1 /proc/uptime) - 2 )) \2 -b '
+fi || fail "cannot change provisioning.start_script"
 hook_mark=$(log_lines "$E2E_LOG")
 job=$(submit -N1 -o /dev/null --wrap "sleep 3") || fail "sbatch failed"
 wait_running "$job" 90

@@ -442,8 +442,9 @@ fn sim_call(url: &str, method: &str, params: &[Value]) -> bool {
     )
 }
 
-/// SLURM as reconcile sees it: live jobs and the nodes each holds.
-struct FakeSlurm(LiveJobs, RefCell<Vec<String>>);
+/// SLURM as reconcile sees it: live jobs and the nodes each holds, what reconcile asked of
+/// it, and whether it takes nodes' addresses from their registrations (23.11+).
+struct FakeSlurm(LiveJobs, RefCell<Vec<String>>, bool);
 
 impl FakeSlurm {
     /// Jobs running on these nodes (a job with no nodes is pending).
@@ -459,7 +460,14 @@ impl FakeSlurm {
                 })
                 .collect(),
             RefCell::new(Vec::new()),
+            false,
         )
+    }
+
+    /// The same, on a SLURM 23.11 or later.
+    fn taking_addresses_from_registrations(mut self) -> Self {
+        self.2 = true;
+        self
     }
 
     /// The same jobs, still configuring (their prologs at work).
@@ -478,6 +486,17 @@ impl SlurmView for FakeSlurm {
         self.1
             .borrow_mut()
             .push(format!("{} {reason}", nodes.join(",")));
+        Ok(())
+    }
+
+    fn registration_sets_address(&self) -> Result<bool, String> {
+        Ok(self.2)
+    }
+
+    fn power_down_after_job(&self, nodes: &[String], reason: &str) -> Result<(), String> {
+        self.1
+            .borrow_mut()
+            .push(format!("power_down_asap {} {reason}", nodes.join(",")));
         Ok(())
     }
 }
@@ -647,6 +666,98 @@ fn reconcile_fails_the_nodes_of_a_job_started_before_its_vms_were_ready() {
     assert!(
         failed[0].starts_with("vm1,vm2 slurm-one: job 24 started before its VMs were ready"),
         "{failed:?}"
+    );
+}
+
+#[test]
+fn reconcile_on_slurm_23_11_finishes_a_killed_prologs_work_when_every_vm_lives() {
+    let sim = Sim::start(Opts::dummy());
+    let s = setup(&sim);
+    let engine = Provisioner::new(&s.cfg, &s.client, &s.db);
+    let made = engine
+        .provision(&job(26, &["vm1", "vm2"], 1, None, None))
+        .unwrap();
+    for node in ["vm1", "vm2"] {
+        s.db.set_state("it", 26, node, RowState::Booting, None)
+            .unwrap();
+    }
+    // 22.05: the job was launched at the parked address; its nodes are failed.
+    let slurm = FakeSlurm::holding(&[(26, &["vm1", "vm2"])]);
+    let report = engine
+        .reconcile(&slurm, Duration::from_secs(3600), true)
+        .unwrap();
+    assert!(
+        matches!(
+            report.drifts.as_slice(),
+            [Drift::UnreadyStart { job_id: 26, .. }]
+        ),
+        "{report:?}"
+    );
+    // 23.11+: the job runs on its own VMs; rows running, nodes marked, nothing failed.
+    let slurm = FakeSlurm::holding(&[(26, &["vm1", "vm2"])]).taking_addresses_from_registrations();
+    let report = engine
+        .reconcile(&slurm, Duration::from_secs(3600), false)
+        .unwrap();
+    assert_eq!(
+        report.drifts,
+        vec![Drift::AdoptedStart {
+            job_id: 26,
+            nodes: vec!["vm1".into(), "vm2".into()]
+        }]
+    );
+    assert_eq!(
+        *slurm.1.borrow(),
+        vec!["power_down_asap vm1,vm2 slurm-one: job 26 runs in this node's VM; powered down when it ends".to_string()]
+    );
+    let rows = s.db.job_rows("it", 26).unwrap();
+    assert!(
+        rows.iter().all(|r| r.state == RowState::Running),
+        "{rows:?}"
+    );
+    assert!(made.iter().all(|n| vm(&s, n.vm_id).running()));
+    // Nothing left to do in the next round.
+    let report = engine
+        .reconcile(&slurm, Duration::from_secs(3600), false)
+        .unwrap();
+    assert!(report.drifts.is_empty(), "{report:?}");
+}
+
+#[test]
+fn reconcile_on_slurm_23_11_fails_the_nodes_when_a_vm_of_the_killed_prolog_is_gone() {
+    let sim = Sim::start(Opts::dummy());
+    let s = setup(&sim);
+    let engine = Provisioner::new(&s.cfg, &s.client, &s.db);
+    let made = engine
+        .provision(&job(27, &["vm1", "vm2"], 1, None, None))
+        .unwrap();
+    for node in ["vm1", "vm2"] {
+        s.db.set_state("it", 27, node, RowState::Booting, None)
+            .unwrap();
+    }
+    // vm2's VM never got far: terminated before the job started.
+    let gone = made.iter().find(|n| n.node == "vm2").unwrap().vm_id;
+    sim.action("terminate-hard", gone as i32);
+    assert!(poll_until(Duration::from_secs(5), || vm(&s, gone).state
+        == VmState::Done));
+    let slurm = FakeSlurm::holding(&[(27, &["vm1", "vm2"])]).taking_addresses_from_registrations();
+    let report = engine
+        .reconcile(&slurm, Duration::from_secs(3600), false)
+        .unwrap();
+    assert!(
+        report
+            .drifts
+            .iter()
+            .any(|d| matches!(d, Drift::UnreadyStart { job_id: 27, .. })),
+        "{report:?}"
+    );
+    assert!(
+        !slurm
+            .1
+            .borrow()
+            .iter()
+            .any(|c| c.starts_with("power_down_asap")),
+        "{:?}",
+        slurm.1.borrow()
     );
 }
 
