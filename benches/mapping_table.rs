@@ -6,6 +6,11 @@
 //! same kind of disk as `/var/lib/slurm-one`). Not a test: it prints figures and writes
 //! `target/bench/mapping.json` (`BENCH_OUT`).
 //!
+//! Writers take their turns in arrival order (the writers' queue in `src/mapping.rs`), so
+//! with 32 processes every write waits for about the 31 ahead of it, inserts and deletes
+//! alike. Each round starts on a new file whose WAL grows during its first ~250 writes;
+//! their slower commits make most of the p99.
+//!
 //! Settings: `BENCH_PROCS` (`1,32`), `BENCH_ITERS` (operations of each kind per process:
 //! 400 alone, 50 each when concurrent; quick: 100 and 15), `BENCH_ROUNDS` (2; quick 1).
 //! The workers are this program again, started with `BENCH_MAPPING_WORKER`.
@@ -191,7 +196,7 @@ fn main() {
                     "iterations_per_process": {"baseline": iters(alone), "figure": iters(many)},
                     "rounds": rounds, "background_rows": BACKGROUND_ROWS,
                     "busy_timeout_s": Duration::as_secs(&slurm_one::mapping::DEFAULT_BUSY_TIMEOUT),
-                    "sqlite": "WAL, synchronous=FULL, BEGIN IMMEDIATE per change, writers queued on an flock",
+                    "sqlite": "WAL, synchronous=FULL, BEGIN IMMEDIATE per change, writers queued in ticket order",
                 }),
             ));
         }
