@@ -415,7 +415,8 @@ def start_latency(cand, base, markers, n):
     rng = random.Random(2026)
     not_before = {cand.name: 0.0, base.name: time.time() + rng.uniform(0, 30)}
     for i in range(n):
-        for c in ((cand, base) if i % 2 == 0 else (base, cand)):
+        order = (cand, base) if i % 2 == 0 else (base, cand)
+        for c in order if base.is_up else (cand,):
             time.sleep(max(0.0, not_before[c.name] - time.time()))
             def pick():
                 free = [x for x in c.poller.idle_nodes() if x not in recent[c.name][-6:]]
@@ -466,7 +467,11 @@ def sbatch_overhead(c, runs):
     open(empty, "w").close()
     floor_so = os.path.join(c.dev, "bin", "spank_floor.so")
     src = os.path.join(ROOT, "benches", "baseline", "spank_floor.c")
-    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", floor_so, src], check=True)
+    # Against the headers of the cluster's series (a plugin loads only into its own series).
+    root_file = os.path.join(etc, "slurm-root")
+    root = open(root_file).read().strip() if os.path.exists(root_file) else ""
+    include = ["-I", os.path.join(root, "usr", "include")] if root else []
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", *include, "-o", floor_so, src], check=True)
     floor_stack = os.path.join(etc, "plugstack-floor.conf")
     with open(floor_stack, "w") as f:
         f.write(f"required {floor_so}\n")
@@ -620,6 +625,8 @@ def main():
                     help="which rows: 1, 3, 4 (from row 1's jobs), 5, 5L (row 5 with all cores loaded)")
     ap.add_argument("--slurm", default="",
                     help="SLURM series of both clusters (scripts/cluster up --slurm); default the host's")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="row 1 without the stock power-save cluster (its figures stay empty)")
     a = ap.parse_args()
     global SERIES
     SERIES = a.slurm
@@ -643,7 +650,7 @@ def main():
     markers = Markers()
     rows = []
     t_all = time.time()
-    clusters = (cand, base) if "1" in want else (cand,)
+    clusters = (cand, base) if "1" in want and not a.no_baseline else (cand,)
     try:
         for c in clusters:
             c.up()

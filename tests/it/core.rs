@@ -12,7 +12,8 @@ use slurm_one::one::client::{Client, ClientSettings, OneError, VmInfo};
 use slurm_one::one::states::{LcmState, VmState};
 use slurm_one::one::xmlrpc::Value;
 use slurm_one::provision::{
-    Drift, JobRequest, LiveJob, LiveJobs, NodeRequest, ProvisionError, Provisioner, SlurmView,
+    Drift, JobRequest, LiveJob, LiveJobs, NodeRequest, ProvisionError, ProvisionedNode,
+    Provisioner, SlurmView,
 };
 
 use crate::util::{poll_until, Opts, Sim, SESSION};
@@ -630,19 +631,26 @@ fn reconcile_ends_what_a_killed_attempt_left_once_the_job_no_longer_holds_the_no
     assert!(s.db.job_rows("it", 23).unwrap().is_empty());
 }
 
+/// What a prolog killed mid-provision leaves: job `job_id`'s VMs on vm1 and vm2, made, their
+/// rows still `booting`.
+fn killed_prolog_leftovers(s: &Setup, engine: &Provisioner, job_id: u32) -> Vec<ProvisionedNode> {
+    let made = engine
+        .provision(&job(job_id, &["vm1", "vm2"], 1, None, None))
+        .unwrap();
+    for node in ["vm1", "vm2"] {
+        s.db.set_state("it", job_id, node, RowState::Booting, None)
+            .unwrap();
+    }
+    made
+}
+
 #[test]
 fn reconcile_fails_the_nodes_of_a_job_started_before_its_vms_were_ready() {
     let sim = Sim::start(Opts::dummy());
     let s = setup(&sim);
     let engine = Provisioner::new(&s.cfg, &s.client, &s.db);
     // A prolog killed before its VMs were ready: rows still booting.
-    engine
-        .provision(&job(24, &["vm1", "vm2"], 1, None, None))
-        .unwrap();
-    for node in ["vm1", "vm2"] {
-        s.db.set_state("it", 24, node, RowState::Booting, None)
-            .unwrap();
-    }
+    killed_prolog_leftovers(&s, &engine, 24);
     // Still configuring: the prolog may be at work, nothing to say.
     let slurm = FakeSlurm::holding(&[(24, &["vm1", "vm2"])]).configuring();
     let report = engine
@@ -674,13 +682,7 @@ fn reconcile_on_slurm_23_11_finishes_a_killed_prologs_work_when_every_vm_lives()
     let sim = Sim::start(Opts::dummy());
     let s = setup(&sim);
     let engine = Provisioner::new(&s.cfg, &s.client, &s.db);
-    let made = engine
-        .provision(&job(26, &["vm1", "vm2"], 1, None, None))
-        .unwrap();
-    for node in ["vm1", "vm2"] {
-        s.db.set_state("it", 26, node, RowState::Booting, None)
-            .unwrap();
-    }
+    let made = killed_prolog_leftovers(&s, &engine, 26);
     // 22.05: the job was launched at the parked address; its nodes are failed.
     let slurm = FakeSlurm::holding(&[(26, &["vm1", "vm2"])]);
     let report = engine
@@ -727,13 +729,7 @@ fn reconcile_on_slurm_23_11_fails_the_nodes_when_a_vm_of_the_killed_prolog_is_go
     let sim = Sim::start(Opts::dummy());
     let s = setup(&sim);
     let engine = Provisioner::new(&s.cfg, &s.client, &s.db);
-    let made = engine
-        .provision(&job(27, &["vm1", "vm2"], 1, None, None))
-        .unwrap();
-    for node in ["vm1", "vm2"] {
-        s.db.set_state("it", 27, node, RowState::Booting, None)
-            .unwrap();
-    }
+    let made = killed_prolog_leftovers(&s, &engine, 27);
     // vm2's VM never got far: terminated before the job started.
     let gone = made.iter().find(|n| n.node == "vm2").unwrap().vm_id;
     sim.action("terminate-hard", gone as i32);
