@@ -13,9 +13,9 @@ trap 'config_restore; cancel_my_jobs' EXIT
 
 # On 22.05 slurmctld asks for the power-up at its next power-save pass, about a second after
 # the allocation; the guest's rounded-up uptime puts its boot 1-2 s before the VM was made,
-# so before that request. From 23.11 the pass runs as soon as the job is allocated (it is
-# woken by the node update; src/slurmctld/power_save.c, _power_save_thread, 24.11.5), in the
-# same second as the prolog makes the VM: the guest then says it booted 2 s before its
+# so before that request. On 24.11.5 and 26.05.5 the request's time is the allocation's
+# second (as seen here; the boot-time guard, waiting_for_node_boot in node_mgr.c, is the same
+# code), the second the prolog makes the VM in: the guest then says it booted 2 s before its
 # namespace did, through slurmd -b's SLURMD_BOOT_TIME (23.11+, src/slurmd/slurmd/slurmd.c).
 # Either way the rebooted guest boots after the request. (On a series in a root file
 # system, the line mounts the context and chroots first.)
