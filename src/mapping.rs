@@ -2209,6 +2209,27 @@ mod tests {
         fl.l_type != libc::F_UNLCK as libc::c_short
     }
 
+    /// Inserts job `job`'s row on node n1 on a new thread; the thread returns when it wrote.
+    fn insert_on_a_thread(path: &Path, job: u32, tag: &'static str) -> thread::JoinHandle<Instant> {
+        let path = path.to_path_buf();
+        thread::spawn(move || {
+            open(&path)
+                .insert_creating(CLUSTER, job, "n1", tag)
+                .expect("writes");
+            Instant::now()
+        })
+    }
+
+    /// A new table, and the turn of a writer at work on it (held until dropped).
+    fn table_with_a_writer_at_work() -> (tempfile::TempDir, PathBuf, WritersTurn) {
+        let (dir, path) = temp();
+        drop(open(&path));
+        let holder = writers_turn(&path, Duration::from_secs(10))
+            .expect("queue")
+            .expect("turn");
+        (dir, path, holder)
+    }
+
     /// Some writer holds ticket `t` (it has queued, or has its turn).
     fn ticket_held(path: &Path, t: u64) -> bool {
         queue_byte_held(path, ticket_byte(t), Some(1))
@@ -2280,11 +2301,7 @@ mod tests {
     #[test]
     fn writers_get_their_turns_in_arrival_order() {
         const WRITERS: usize = 8;
-        let (_d, path) = temp();
-        drop(open(&path));
-        let holder = writers_turn(&path, Duration::from_secs(10))
-            .expect("queue")
-            .expect("turn");
+        let (_d, path, holder) = table_with_a_writer_at_work();
         let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let threads: Vec<_> = (0..WRITERS)
             .map(|i| {
@@ -2323,11 +2340,7 @@ mod tests {
 
     #[test]
     fn a_writer_that_gives_up_lets_the_next_one_go() {
-        let (_d, path) = temp();
-        drop(open(&path));
-        let holder = writers_turn(&path, Duration::from_secs(10))
-            .expect("queue")
-            .expect("turn");
+        let (_d, path, holder) = table_with_a_writer_at_work();
         let impatient = {
             let path = path.clone();
             thread::spawn(move || {
@@ -2344,15 +2357,7 @@ mod tests {
         wait_until("the impatient writer queued", || {
             ticket_held(&path, holder.ticket + 1)
         });
-        let patient = {
-            let path = path.clone();
-            thread::spawn(move || {
-                open(&path)
-                    .insert_creating(CLUSTER, 2, "n1", "t2")
-                    .expect("writes");
-                Instant::now()
-            })
-        };
+        let patient = insert_on_a_thread(&path, 2, "t2");
         wait_until("the patient writer queued", || {
             ticket_held(&path, holder.ticket + 2)
         });
@@ -2434,15 +2439,7 @@ mod tests {
             .map(|l| l.expect("worker output"))
             .find_map(|l| Some(l.split_once(QUEUE_WORKER_TURN)?.1.parse().expect("ticket")))
             .expect("the worker took its turn");
-        let waiter = {
-            let path = path.clone();
-            thread::spawn(move || {
-                open(&path)
-                    .insert_creating(CLUSTER, 1, "n1", "t1")
-                    .expect("writes");
-                Instant::now()
-            })
-        };
+        let waiter = insert_on_a_thread(&path, 1, "t1");
         wait_until("the writer queued", || ticket_held(&path, ticket + 1));
         thread::sleep(Duration::from_millis(50));
         assert!(!waiter.is_finished(), "went before the holder");
@@ -2463,11 +2460,7 @@ mod tests {
 
     #[test]
     fn a_writer_killed_while_queued_stalls_nobody() {
-        let (_d, path) = temp();
-        drop(open(&path));
-        let holder = writers_turn(&path, Duration::from_secs(10))
-            .expect("queue")
-            .expect("turn");
+        let (_d, path, holder) = table_with_a_writer_at_work();
         let mut worker = spawn_queue_worker(&path);
         wait_until("the worker queued", || {
             ticket_held(&path, holder.ticket + 1)
