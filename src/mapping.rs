@@ -2220,6 +2220,18 @@ mod tests {
         })
     }
 
+    /// Takes a writer's turn on a new thread; the thread returns its ticket and when it got
+    /// the turn (released as the thread ends).
+    fn turn_on_a_thread(path: &Path) -> thread::JoinHandle<(u64, Instant)> {
+        let path = path.to_path_buf();
+        thread::spawn(move || {
+            let turn = writers_turn(&path, Duration::from_secs(10))
+                .expect("queue")
+                .expect("turn");
+            (turn.ticket, Instant::now())
+        })
+    }
+
     /// A new table, and the turn of a writer at work on it (held until dropped).
     fn table_with_a_writer_at_work() -> (tempfile::TempDir, PathBuf, WritersTurn) {
         let (dir, path) = temp();
@@ -2465,15 +2477,7 @@ mod tests {
         wait_until("the worker queued", || {
             ticket_held(&path, holder.ticket + 1)
         });
-        let waiter = {
-            let path = path.clone();
-            thread::spawn(move || {
-                let turn = writers_turn(&path, Duration::from_secs(10))
-                    .expect("queue")
-                    .expect("turn");
-                (turn.ticket, Instant::now())
-            })
-        };
+        let waiter = turn_on_a_thread(&path);
         wait_until("the writer queued", || {
             ticket_held(&path, holder.ticket + 2)
         });
@@ -2548,20 +2552,12 @@ mod tests {
             .expect("turn");
         assert_eq!(holder.ticket, 1);
         fs::write(&queue, "1\n").expect("set the number back");
-        let waiter = {
-            let path = path.clone();
-            thread::spawn(move || {
-                let turn = writers_turn(&path, Duration::from_secs(10))
-                    .expect("queue")
-                    .expect("turn");
-                turn.ticket
-            })
-        };
+        let waiter = turn_on_a_thread(&path);
         wait_until("the writer queued", || ticket_held(&path, 2));
         thread::sleep(Duration::from_millis(50));
         assert!(!waiter.is_finished(), "went before the holder");
         drop(holder);
-        assert_eq!(waiter.join().expect("writer"), 2);
+        assert_eq!(waiter.join().expect("writer").0, 2);
         assert_eq!(next_ticket(&path), format!("{:020}\n", 3));
     }
 

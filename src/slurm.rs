@@ -93,12 +93,6 @@ impl Series {
     }
 }
 
-impl std::fmt::Display for Series {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{:02}", self.major, self.minor)
-    }
-}
-
 /// The series of the SLURM whose clients are on PATH (`scontrol --version`).
 pub fn series() -> Result<Series, SlurmError> {
     Series::from_version_output(&run(&["scontrol", "--version"], COMMAND_TIMEOUT)?)
@@ -622,7 +616,6 @@ mod tests {
         assert_eq!(s("slurm-wlm 22.05.8\n"), Ok(Series::new(22, 5)));
         assert_eq!(s("slurm 24.11.5\n"), Ok(Series::new(24, 11)));
         assert_eq!(s("slurm 26.05.0-0rc1"), Ok(Series::new(26, 5)));
-        assert_eq!(Series::new(22, 5).to_string(), "22.05");
         for bad in ["", "slurm", "munge 0.5.15", "slurm x.y", "slurm 24"] {
             let err = s(bad).expect_err(bad);
             assert!(err.contains("scontrol --version"), "{bad:?}: {err}");

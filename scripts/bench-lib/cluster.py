@@ -20,6 +20,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -766,4 +767,7 @@ def teardown_rows(cand, base, markers, lat, n_start, q):
 
 
 if __name__ == "__main__":
+    # A bench stopped with SIGTERM (kill, timeout) still brings its clusters and the munged
+    # it started down: main's `finally` runs for SystemExit, not for a signal's default.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     main()
