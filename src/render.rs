@@ -147,6 +147,8 @@ fn our_context(req: &VmRequest<'_>) -> Vec<(String, String)> {
     vec![
         ("SET_HOSTNAME".into(), req.node.into()),
         ("REPORT_READY".into(), "YES".into()),
+        // READY travels through OneGate, which needs the VM's token (context's token.txt).
+        ("TOKEN".into(), "YES".into()),
         (tags::CLUSTER.into(), req.cluster.into()),
         (tags::JOB_ID.into(), req.job_id.to_string()),
         (tags::NODE.into(), req.node.into()),

@@ -1,5 +1,6 @@
 //! `one-sim`: an OpenNebula front end that speaks oned's XML-RPC protocol, whose VMs are
-//! either nothing (`dummy`) or Linux namespaces running real software (`ns`).
+//! nothing (`dummy`), Linux namespaces running real software (`ns`) or qemu guests
+//! booting the worker image (`qemu`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,11 +9,12 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use slurm_one::sim::config::{self, HostSpec, Ipv4Net};
-use slurm_one::sim::driver::{BareDummyDriver, DummyDriver, NamespaceDriver};
+use slurm_one::sim::driver::{BareDummyDriver, DummyDriver, NamespaceDriver, QemuVmDriver};
 use slurm_one::sim::engine::{self, Sim};
 use slurm_one::sim::model::{Cloud, Network, Timing};
 use slurm_one::sim::ns::{self, NsDriver};
-use slurm_one::sim::server::Server;
+use slurm_one::sim::qemu::{self, QemuDriver};
+use slurm_one::sim::server::{Server, Service};
 
 /// OpenNebula front-end simulator: oned's XML-RPC API on POST /RPC2.
 ///
@@ -41,10 +43,28 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     auth_file: Option<PathBuf>,
 
-    /// What backs a VM: `dummy` (nothing, like oned's dummy drivers) or `ns` (a network,
-    /// UTS, mount and time namespace per VM running its CONTEXT start script; needs root).
+    /// What backs a VM: `dummy` (nothing, like oned's dummy drivers), `ns` (a network,
+    /// UTS, mount and time namespace per VM running its CONTEXT start script; needs root)
+    /// or `qemu` (a qemu-system-x86_64 guest booting the worker image; needs root).
     #[arg(long, value_enum, default_value_t = DriverKind::Dummy)]
     driver: DriverKind,
+
+    /// The worker image the `qemu` driver boots: the directory `scripts/image` prints
+    /// (worker.qcow2, vmlinuz, initrd.img, cmdline).
+    #[arg(long, value_name = "DIR")]
+    qemu_image: Option<PathBuf>,
+
+    /// How the `qemu` driver runs guests: `tcg` (software emulation, works everywhere) or
+    /// `kvm` (/dev/kvm).
+    #[arg(long, value_enum, default_value_t = AccelKind::Tcg)]
+    qemu_accel: AccelKind,
+
+    /// Port of OneGate (`PUT /vm`), served on the bridge's address for the `ns` and `qemu`
+    /// drivers; VMs with CONTEXT TOKEN=YES get ONEGATE_ENDPOINT=http://GATEWAY:PORT (with
+    /// `dummy`, http://127.0.0.1:PORT, not served). 0: no endpoint, and like an oned
+    /// without ONEGATE_ENDPOINT, VMs with TOKEN=YES are refused.
+    #[arg(long, default_value_t = 5030)]
+    onegate_port: u16,
 
     /// Keep VMs, hosts, templates and ids here across restarts (oned's DB).
     #[arg(long, value_name = "DIR")]
@@ -103,6 +123,13 @@ enum Command {
 enum DriverKind {
     Dummy,
     Ns,
+    Qemu,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AccelKind {
+    Tcg,
+    Kvm,
 }
 
 fn main() -> ExitCode {
@@ -157,6 +184,9 @@ fn run(cli: Cli) -> Result<(), config::SimError> {
     // the same VMs.
     let (driver_kind, bridge, net) = match &saved {
         Some(c) if c.vm_mad == "ns" => (DriverKind::Ns, c.network.name.clone(), c.network.net()),
+        Some(c) if c.vm_mad == "qemu" => {
+            (DriverKind::Qemu, c.network.name.clone(), c.network.net())
+        }
         Some(_) => (DriverKind::Dummy, cli.bridge.clone(), cli.network),
         None => (cli.driver, cli.bridge.clone(), cli.network),
     };
@@ -170,6 +200,7 @@ fn run(cli: Cli) -> Result<(), config::SimError> {
             match driver_kind {
                 DriverKind::Dummy => "dummy",
                 DriverKind::Ns => "ns",
+                DriverKind::Qemu => "qemu",
             },
             cli.hosts.count,
             cli.hosts.cores,
@@ -186,6 +217,16 @@ fn run(cli: Cli) -> Result<(), config::SimError> {
         boot_ms: cli.boot_delay,
         step_ms: cli.step_delay,
     };
+    // oned.conf's ONEGATE_ENDPOINT. Served on the bridge for VMs that have a network; the
+    // dummy driver's VMs have none, so its endpoint is only a name (nothing answers there,
+    // as on an oned whose OneGate server is not running).
+    let onegate = (driver_kind != DriverKind::Dummy && cli.onegate_port != 0 && !cleanup_only)
+        .then(|| std::net::SocketAddr::from((net.first_host(), cli.onegate_port)));
+    cloud.onegate_endpoint = match onegate {
+        Some(a) => Some(format!("http://{a}")),
+        None if cli.onegate_port != 0 => Some(format!("http://127.0.0.1:{}", cli.onegate_port)),
+        None => None,
+    };
 
     // Bind before starting anything so a busy port fails fast and cleanly.
     let server_addr = if cleanup_only { None } else { Some(cli.listen) };
@@ -193,7 +234,7 @@ fn run(cli: Cli) -> Result<(), config::SimError> {
     let driver: Box<dyn slurm_one::sim::driver::Driver> = match driver_kind {
         DriverKind::Dummy if cli.dummy_guest => Box::new(DummyDriver),
         DriverKind::Dummy => Box::new(BareDummyDriver),
-        DriverKind::Ns => {
+        DriverKind::Ns | DriverKind::Qemu => {
             let tag = config::instance_tag(state_dir.as_deref(), &bridge);
             let run_dir = match &state_dir {
                 Some(d) => d.join("ns"),
@@ -212,9 +253,40 @@ fn run(cli: Cli) -> Result<(), config::SimError> {
                 init_program: vec![exe.into_os_string(), "__vm-init".into()],
             })
             .map_err(|e| SimError::Driver(e.to_string()))?;
-            ns.ensure_bridge()
-                .map_err(|e| SimError::Driver(e.to_string()))?;
-            Box::new(NamespaceDriver::new(ns))
+            let bridge_up = |ns: &NsDriver| {
+                ns.ensure_bridge()
+                    .map_err(|e| SimError::Driver(e.to_string()))
+            };
+            if driver_kind == DriverKind::Ns {
+                bridge_up(&ns)?;
+                Box::new(NamespaceDriver::new(ns))
+            } else {
+                if !cleanup_only && cli.qemu_image.is_none() {
+                    return Err(SimError::Driver(
+                        "--driver qemu needs --qemu-image DIR (the output of scripts/image)".into(),
+                    ));
+                }
+                let run_dir = match &state_dir {
+                    Some(d) => d.join("qemu"),
+                    None => PathBuf::from(format!("/run/one-sim/{}-qemu", ns.config().tag)),
+                };
+                let qemu = QemuDriver::new(
+                    qemu::QemuConfig {
+                        run_dir,
+                        tag: ns.config().tag.clone(),
+                        image_dir: cli.qemu_image.clone().filter(|_| !cleanup_only),
+                        accel: match cli.qemu_accel {
+                            AccelKind::Tcg => qemu::Accel::Tcg,
+                            AccelKind::Kvm => qemu::Accel::Kvm,
+                        },
+                    },
+                    ns,
+                )
+                .map_err(SimError::Driver)?;
+                // Only once the image and tools are checked: a refused start leaves no bridge.
+                bridge_up(qemu.network())?;
+                Box::new(QemuVmDriver::new(qemu))
+            }
         }
     };
     let sim = Arc::new(Sim::new(cloud, driver, sessions, state_file));
@@ -235,8 +307,25 @@ fn run(cli: Cli) -> Result<(), config::SimError> {
     };
     let server = Server::bind(addr, Arc::clone(&sim)).map_err(|e| SimError::Listen(addr, e))?;
     let bound = server.local_addr().map_err(|e| SimError::Listen(addr, e))?;
+    let onegate_server = match onegate {
+        Some(a) => Some(
+            Server::bind_service(a, Arc::clone(&sim), Service::OneGate)
+                .map_err(|e| SimError::Listen(a, e))?,
+        ),
+        None => None,
+    };
     slurm_one::cli::install_stop_handler();
     let engine = sim.spawn_engine();
+    let onegate_thread = onegate_server.map(|s| {
+        std::thread::spawn(move || {
+            if let Err(e) = s.run(&slurm_one::cli::stopping) {
+                log::error!("OneGate: {e}");
+            }
+        })
+    });
+    if let Some(a) = onegate {
+        log::info!("OneGate on http://{a}/vm");
+    }
     println!("one-sim listening on http://{bound}/RPC2");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
@@ -255,6 +344,9 @@ fn run(cli: Cli) -> Result<(), config::SimError> {
 
     sim.request_stop();
     let _ = engine.join();
+    if let Some(t) = onegate_thread {
+        let _ = t.join();
+    }
     if state_dir.is_some() {
         log::info!("stopping; VMs keep running and are adopted on the next start");
         sim.touch();

@@ -8,6 +8,7 @@ use base64::Engine as _;
 
 use super::model::{DriverCall, Vm};
 use super::ns::{NsDriver, VmBoot};
+use super::qemu::QemuDriver;
 
 /// What a driver needs to start a VM, taken from its template.
 #[derive(Debug, Clone)]
@@ -24,9 +25,33 @@ pub struct BootSpec {
     pub start_script: Option<Vec<u8>>,
     /// CONTEXT/REPORT_READY=YES.
     pub report_ready: bool,
+    /// MEMORY in MiB.
+    pub memory_mb: u64,
+    /// VCPU (1 when unset, as oned's KVM driver does).
+    pub vcpu: u32,
+    /// CPU: the share of physical CPUs the VM may use.
+    pub cpu: f64,
+    /// The OneGate token (CONTEXT/TOKEN=YES), for the context CD's `token.txt`.
+    pub onegate_token: Option<String>,
 }
 
 impl BootSpec {
+    /// A spec naming only the VM (enough to destroy it).
+    pub fn bare(vm_id: u32) -> BootSpec {
+        BootSpec {
+            vm_id,
+            ip: None,
+            hostname: String::new(),
+            context: Vec::new(),
+            start_script: None,
+            report_ready: false,
+            memory_mb: 0,
+            vcpu: 1,
+            cpu: 0.0,
+            onegate_token: None,
+        }
+    }
+
     /// Reads the spec out of a VM record.
     pub fn from_vm(vm: &Vm) -> BootSpec {
         let context: Vec<(String, String)> = vm
@@ -54,6 +79,15 @@ impl BootSpec {
             report_ready: vm.wants_ready(),
             start_script,
             context,
+            memory_mb: vm.memory_mb(),
+            vcpu: vm
+                .template
+                .get("VCPU")
+                .and_then(|v| v.trim().parse().ok())
+                .filter(|v| *v > 0)
+                .unwrap_or(1),
+            cpu: vm.cpu(),
+            onegate_token: vm.onegate_token.clone(),
         }
     }
 }
@@ -174,6 +208,9 @@ impl Driver for NamespaceDriver {
                 let vm = boot()?;
                 self.ns.destroy(id).and_then(|()| self.ns.boot(&vm))
             }
+            // Every host is this machine and a namespace VM has no size to enforce: a live
+            // migration and a resize only change the VM's record.
+            DriverCall::Migrate | DriverCall::Resize => Ok(()),
         };
         result.map_err(|e| e.to_string())
     }
@@ -194,5 +231,58 @@ impl Driver for NamespaceDriver {
             self.ns.remove_bridge().map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+}
+
+/// VMs as qemu processes booting the worker image ([`super::qemu`]).
+pub struct QemuVmDriver {
+    qemu: QemuDriver,
+}
+
+impl QemuVmDriver {
+    /// Wraps a configured [`QemuDriver`].
+    pub fn new(qemu: QemuDriver) -> Self {
+        QemuVmDriver { qemu }
+    }
+
+    /// The underlying qemu driver.
+    pub fn qemu(&self) -> &QemuDriver {
+        &self.qemu
+    }
+}
+
+impl Driver for QemuVmDriver {
+    fn vm_mad(&self) -> &'static str {
+        "qemu"
+    }
+    fn hotplug_resize(&self) -> bool {
+        true
+    }
+    fn call(&self, call: DriverCall, spec: &BootSpec) -> Result<(), String> {
+        match call {
+            DriverCall::Boot => self.qemu.boot(spec),
+            DriverCall::Suspend => self.qemu.suspend(spec.vm_id),
+            DriverCall::Resume => self.qemu.resume(spec),
+            DriverCall::Destroy => self.qemu.destroy(spec.vm_id),
+            DriverCall::Reboot => self.qemu.reboot(spec),
+            DriverCall::Migrate => self.qemu.migrate(spec),
+            DriverCall::Resize => self.qemu.resize(spec),
+        }
+    }
+    // READY travels through OneGate (super::onegate), as on a real OpenNebula.
+    fn guest_ready(&self, _: u32) -> bool {
+        false
+    }
+    fn guest_alive(&self, vm_id: u32) -> bool {
+        self.qemu.is_running(vm_id)
+    }
+    fn is_slow(&self) -> bool {
+        true
+    }
+    fn existing(&self) -> Vec<u32> {
+        self.qemu.list_vms()
+    }
+    fn shutdown(&self, remove_network: bool) -> Result<(), String> {
+        self.qemu.shutdown(remove_network)
     }
 }

@@ -284,14 +284,7 @@ impl Sim {
         ids.sort_unstable();
         ids.dedup();
         for id in &ids {
-            let spec = BootSpec {
-                vm_id: *id,
-                ip: None,
-                hostname: String::new(),
-                context: Vec::new(),
-                start_script: None,
-                report_ready: false,
-            };
+            let spec = BootSpec::bare(*id);
             if let Err(e) = self.driver.call(DriverCall::Destroy, &spec) {
                 log::error!("VM {id}: cannot destroy: {e}");
             }
@@ -351,6 +344,8 @@ fn resume_interrupted_calls(cloud: &mut Cloud) {
             | LcmState::BOOT_UNDEPLOY => Some(DriverCall::Boot),
             LcmState::BOOT_SUSPENDED | LcmState::BOOT_MIGRATE => Some(DriverCall::Resume),
             LcmState::SAVE_SUSPEND | LcmState::SAVE_MIGRATE => Some(DriverCall::Suspend),
+            LcmState::MIGRATE => Some(DriverCall::Migrate),
+            LcmState::HOTPLUG_RESIZE => Some(DriverCall::Resize),
             LcmState::RUNNING => Some(DriverCall::Reboot),
             _ => Some(DriverCall::Destroy),
         };

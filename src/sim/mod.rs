@@ -14,6 +14,8 @@ pub mod engine;
 pub mod faults;
 pub mod model;
 pub mod ns;
+pub mod onegate;
+pub mod qemu;
 pub mod rpc;
 pub mod server;
 pub mod xml;

@@ -293,6 +293,10 @@ pub enum DriverCall {
     Destroy,
     /// Restart the guest in place (same NIC and address); the VM stays RUNNING.
     Reboot,
+    /// Live-migrate the running guest to `Vm::migrate_to` (LCM MIGRATE).
+    Migrate,
+    /// Apply the new CPU/MEMORY/VCPU of a running VM (LCM HOTPLUG_RESIZE).
+    Resize,
 }
 
 /// A virtual machine.
@@ -329,6 +333,10 @@ pub struct Vm {
     pub pending_call: Option<DriverCall>,
     /// Host to move to when a migration completes.
     pub migrate_to: Option<u32>,
+    /// The OneGate token of a VM with CONTEXT/TOKEN=YES (oned writes it to the context
+    /// CD's `token.txt`; OneGate checks X-ONEGATE-TOKEN against it).
+    #[serde(default)]
+    pub onegate_token: Option<String>,
 }
 
 impl Vm {
@@ -532,6 +540,10 @@ pub struct Cloud {
     /// Lifecycle timing (from the command line, not persisted).
     #[serde(skip)]
     pub timing: Timing,
+    /// oned.conf's ONEGATE_ENDPOINT: added to the CONTEXT of VMs with TOKEN=YES (from the
+    /// command line, not persisted).
+    #[serde(skip)]
+    pub onegate_endpoint: Option<String>,
 }
 
 /// Ids of VMs in a pool listing, per the filter arguments.
@@ -742,6 +754,7 @@ impl Cloud {
             next_request_id: 1000,
             users: BTreeMap::new(),
             timing: Timing::default(),
+            onegate_endpoint: None,
         };
         for n in 1..=hosts {
             let name = format!("{vm_mad}-host-{n}");
@@ -957,6 +970,10 @@ impl Cloud {
         }
         sort_template(&mut template);
         sort_template(&mut user_template);
+        let onegate_token = template
+            .vector_get("CONTEXT", "TOKEN")
+            .is_some_and(|v| v.eq_ignore_ascii_case("yes"))
+            .then(random_token);
 
         self.next_vm += 1;
         let state = if hold {
@@ -987,6 +1004,7 @@ impl Cloud {
                 op: DriverOp::Idle,
                 pending_call: None,
                 migrate_to: None,
+                onegate_token,
             },
         );
         Ok(i64::from(id))
@@ -1088,6 +1106,22 @@ impl Cloud {
         }
         ctx.insert("DISK_ID".into(), "0".into());
         ctx.insert("TARGET".into(), "sda".into());
+        // TOKEN=YES: oned adds its ONEGATE_ENDPOINT and VMID, and refuses the VM if
+        // oned.conf has no endpoint (VirtualMachine::generate_token_context).
+        if ctx
+            .get("TOKEN")
+            .is_some_and(|v| v.eq_ignore_ascii_case("yes"))
+        {
+            let Some(endpoint) = &self.onegate_endpoint else {
+                return Err(OneError::new(
+                    ErrorCode::Internal,
+                    "TOKEN set, but onegate endpoint was not defined in oned.conf.",
+                ));
+            };
+            ctx.insert("ONEGATE_ENDPOINT".into(), endpoint.clone());
+            ctx.insert("VMID".into(), vm_id.to_string());
+            t.set("CREATED_BY", &owner.uid.to_string());
+        }
         if ctx
             .get("NETWORK")
             .is_some_and(|v| v.eq_ignore_ascii_case("yes"))
@@ -1590,7 +1624,7 @@ impl Cloud {
         match (live, vm.state) {
             (true, _) => {
                 vm.set_state(VmState::Active, LcmState::MIGRATE);
-                schedule(vm, now_ms + step, None);
+                schedule(vm, now_ms + step, Some(DriverCall::Migrate));
             }
             (false, VmState::Poweroff) => {
                 vm.set_state(VmState::Active, LcmState::PROLOG_MIGRATE_POWEROFF);
@@ -1710,7 +1744,7 @@ impl Cloud {
         sort_template(&mut vm.template);
         if vm.running() {
             vm.set_state(VmState::Active, LcmState::HOTPLUG_RESIZE);
-            schedule(vm, now_ms + step, None);
+            schedule(vm, now_ms + step, Some(DriverCall::Resize));
         }
         Ok(id)
     }
@@ -2408,6 +2442,20 @@ pub fn mac_for(ip: Ipv4Addr) -> String {
     format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
 }
 
+/// A VM's OneGate token: 128 bits from the kernel's CSPRNG, as hex. The guest proves its
+/// identity with it, so it must not be guessable (unlike [`uuid_for`]).
+fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    let read = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if let Err(e) = read {
+        // Without randomness no token can be trusted: one nobody can present.
+        log::error!("cannot read /dev/urandom for a OneGate token: {e}");
+        return String::new();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A stable UUID-shaped id for the VM's OS/UUID (no RNG needed: it only has to be unique).
 fn uuid_for(id: u32, now_ms: u64) -> String {
     let mut x = u64::from(id) ^ now_ms.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
@@ -2467,6 +2515,76 @@ mod tests {
             now += 20;
         }
         now
+    }
+
+    #[test]
+    fn token_yes_gets_a_secret_token_and_the_onegate_endpoint() {
+        let mut c = cloud();
+        c.onegate_endpoint = Some("http://10.77.0.1:5030".into());
+        let tmpl = "MEMORY=64\nCPU=1\nNIC=[NETWORK_ID=0]\nCONTEXT=[NETWORK=YES,TOKEN=YES]\n";
+        let a = c.allocate_vm(&admin(), tmpl, false, 0).unwrap();
+        let b = c.allocate_vm(&admin(), tmpl, false, 0).unwrap();
+        let (ta, tb) = (
+            c.vm(a).unwrap().onegate_token.clone().unwrap(),
+            c.vm(b).unwrap().onegate_token.clone().unwrap(),
+        );
+        assert_eq!(ta.len(), 32);
+        assert!(ta.chars().all(|ch| ch.is_ascii_hexdigit()), "{ta}");
+        assert_ne!(ta, tb);
+        let vm = c.vm(a).unwrap();
+        assert_eq!(
+            vm.template.vector_get("CONTEXT", "ONEGATE_ENDPOINT"),
+            Some("http://10.77.0.1:5030")
+        );
+        assert_eq!(
+            vm.template.vector_get("CONTEXT", "VMID"),
+            Some(a.to_string().as_str())
+        );
+        assert_eq!(vm.template.get("CREATED_BY"), Some("0"));
+        // Without TOKEN=YES: neither token nor endpoint.
+        let plain = c
+            .allocate_vm(
+                &admin(),
+                "MEMORY=64\nCPU=1\nCONTEXT=[NETWORK=YES]\n",
+                false,
+                0,
+            )
+            .unwrap();
+        let vm = c.vm(plain).unwrap();
+        assert!(vm.onegate_token.is_none());
+        assert!(vm
+            .template
+            .vector_get("CONTEXT", "ONEGATE_ENDPOINT")
+            .is_none());
+        // oned without ONEGATE_ENDPOINT refuses TOKEN=YES.
+        c.onegate_endpoint = None;
+        let e = c.allocate_vm(&admin(), tmpl, false, 0).unwrap_err();
+        assert_eq!(
+            e.message,
+            "TOKEN set, but onegate endpoint was not defined in oned.conf."
+        );
+    }
+
+    #[test]
+    fn live_migration_and_hotplug_resize_ask_the_driver() {
+        let mut c = cloud();
+        let id = c
+            .allocate_vm(&admin(), "MEMORY=64\nCPU=1\n", false, 0)
+            .unwrap();
+        let now = run_until_stable(&mut c, 0);
+        let host = c.vm(id).unwrap().host.unwrap();
+        let to = i64::from(1 - host);
+        c.migrate(&admin(), id, to, true, false, now).unwrap();
+        let vm = c.vm(id).unwrap();
+        assert_eq!(vm.lcm, LcmState::MIGRATE);
+        assert_eq!(vm.pending_call, Some(DriverCall::Migrate));
+        let now = run_until_stable(&mut c, now);
+        assert_eq!(c.vm(id).unwrap().host, Some(1 - host));
+        c.resize(&admin(), id, "CPU=\"0.5\"", false, true, now)
+            .unwrap();
+        let vm = c.vm(id).unwrap();
+        assert_eq!(vm.lcm, LcmState::HOTPLUG_RESIZE);
+        assert_eq!(vm.pending_call, Some(DriverCall::Resize));
     }
 
     #[test]

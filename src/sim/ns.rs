@@ -273,13 +273,13 @@ fn valid_mac(mac: &str) -> bool {
 // ---------------------------------------------------------------------------------------
 
 /// What a finished command printed.
-struct Output {
-    stdout: Vec<u8>,
+pub(super) struct Output {
+    pub(super) stdout: Vec<u8>,
     #[allow(dead_code)]
     stderr: Vec<u8>,
 }
 
-fn show_argv<S: AsRef<OsStr>>(argv: &[S]) -> String {
+pub(super) fn show_argv<S: AsRef<OsStr>>(argv: &[S]) -> String {
     argv.iter()
         .map(|a| a.as_ref().to_string_lossy().into_owned())
         .collect::<Vec<_>>()
@@ -288,14 +288,18 @@ fn show_argv<S: AsRef<OsStr>>(argv: &[S]) -> String {
 
 /// Runs argv (no shell) with stdin from /dev/null; fails on spawn error, timeout or a
 /// non-zero exit, with the command and its stderr in the message.
-fn run<S: AsRef<OsStr>>(argv: &[S], timeout: Duration) -> Result<Output, String> {
+pub(super) fn run<S: AsRef<OsStr>>(argv: &[S], timeout: Duration) -> Result<Output, String> {
     let (prog, args) = argv.split_first().ok_or("empty command")?;
     let mut cmd = Command::new(prog);
     cmd.args(args).env("LC_ALL", "C");
     run_command(cmd, timeout, show_argv(argv))
 }
 
-fn run_command(mut cmd: Command, timeout: Duration, shown: String) -> Result<Output, String> {
+pub(super) fn run_command(
+    mut cmd: Command,
+    timeout: Duration,
+    shown: String,
+) -> Result<Output, String> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -362,7 +366,7 @@ fn wait_until(child: &mut Child, deadline: Instant) -> io::Result<Option<ExitSta
     }
 }
 
-fn find_tool(name: &str) -> Option<PathBuf> {
+pub(super) fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(std::env::split_paths(SANE_PATH))
@@ -378,7 +382,7 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 // Small file and /proc helpers
 // ---------------------------------------------------------------------------------------
 
-fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+pub(super) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -406,7 +410,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<T> {
 }
 
 /// State letter and start time (clock ticks after boot) from `/proc/<pid>/stat`.
-fn proc_stat(pid: i32) -> Option<(char, u64)> {
+pub(super) fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm may contain spaces and ')', so parse after the last ')'.
     let rest = &text[text.rfind(')')? + 1..];

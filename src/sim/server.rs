@@ -1,4 +1,5 @@
-//! The HTTP side of the front end: XML-RPC over `POST /RPC2`, like oned's Abyss server.
+//! The HTTP side of the front end: XML-RPC over `POST /RPC2`, like oned's Abyss server,
+//! and, on a listener of its own, OneGate's `PUT /vm` ([`super::onegate`]).
 //!
 //! A small HTTP/1.1 server of our own rather than a crate: fault injection needs to drop
 //! a connection without answering and to delay single answers, and bodies must be bounded
@@ -27,21 +28,37 @@ const LINGER: Duration = Duration::from_secs(2);
 /// The Content-Type of every XML-RPC answer, as xmlrpc-c's Abyss server sends it.
 const XML: &str = "text/xml; charset=utf-8";
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// oned's XML-RPC API on `/RPC2`.
+    XmlRpc,
+    /// OneGate, for the guests (`PUT /vm`).
+    OneGate,
+}
+
 /// A bound listener serving one simulator.
 pub struct Server {
     listener: TcpListener,
     sim: Arc<Sim>,
     connections: Arc<AtomicUsize>,
+    service: Service,
 }
 
 impl Server {
-    /// Binds `addr` (port 0 picks a free one).
+    /// Binds `addr` (port 0 picks a free one) for the XML-RPC API.
     pub fn bind(addr: SocketAddr, sim: Arc<Sim>) -> io::Result<Server> {
+        Self::bind_service(addr, sim, Service::XmlRpc)
+    }
+
+    /// Binds `addr` for `service`.
+    pub fn bind_service(addr: SocketAddr, sim: Arc<Sim>, service: Service) -> io::Result<Server> {
         let listener = TcpListener::bind(addr)?;
         Ok(Server {
             listener,
             sim,
             connections: Arc::new(AtomicUsize::new(0)),
+            service,
         })
     }
 
@@ -79,10 +96,11 @@ impl Server {
             self.connections.fetch_add(1, Ordering::AcqRel);
             let sim = Arc::clone(&self.sim);
             let counter = Arc::clone(&self.connections);
+            let service = self.service;
             let spawned = thread::Builder::new()
                 .name("one-sim-conn".into())
                 .spawn(move || {
-                    serve_connection(stream, &sim);
+                    serve_connection(stream, &sim, service);
                     counter.fetch_sub(1, Ordering::AcqRel);
                 });
             if let Err(e) = spawned {
@@ -95,13 +113,16 @@ impl Server {
 }
 
 /// One parsed HTTP request head.
-struct Head {
-    method: String,
-    path: String,
-    content_length: Option<usize>,
-    keep_alive: bool,
-    expect_continue: bool,
-    chunked: bool,
+pub(super) struct Head {
+    pub(super) method: String,
+    pub(super) path: String,
+    pub(super) content_length: Option<usize>,
+    pub(super) keep_alive: bool,
+    pub(super) expect_continue: bool,
+    pub(super) chunked: bool,
+    /// X-ONEGATE-TOKEN and X-ONEGATE-VMID (OneGate's credentials).
+    pub(super) onegate_token: Option<String>,
+    pub(super) onegate_vmid: Option<String>,
 }
 
 fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
@@ -149,6 +170,8 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
         keep_alive: version == "HTTP/1.1",
         expect_continue: false,
         chunked: false,
+        onegate_token: None,
+        onegate_vmid: None,
     };
     for line in &lines[1..] {
         let Some((name, value)) = line.split_once(':') else {
@@ -167,13 +190,15 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
             }
             "expect" => head.expect_continue = value.eq_ignore_ascii_case("100-continue"),
             "transfer-encoding" => head.chunked = value.to_ascii_lowercase().contains("chunked"),
+            "x-onegate-token" => head.onegate_token = Some(value.to_string()),
+            "x-onegate-vmid" => head.onegate_vmid = Some(value.to_string()),
             _ => {}
         }
     }
     Ok(Some(head))
 }
 
-fn write_http(
+pub(super) fn write_http(
     stream: &mut TcpStream,
     status: &str,
     body: &[u8],
@@ -204,7 +229,7 @@ fn write_http_with(
     stream.flush()
 }
 
-fn serve_connection(stream: TcpStream, sim: &Arc<Sim>) {
+fn serve_connection(stream: TcpStream, sim: &Arc<Sim>, service: Service) {
     let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let _ = stream.set_nodelay(true);
     let Ok(mut writer) = stream.try_clone() else {
@@ -220,7 +245,11 @@ fn serve_connection(stream: TcpStream, sim: &Arc<Sim>) {
                 return;
             }
         };
-        match exchange(&head, &mut reader, &mut writer, sim) {
+        let served = match service {
+            Service::XmlRpc => exchange(&head, &mut reader, &mut writer, sim),
+            Service::OneGate => super::onegate::exchange(&head, &mut reader, &mut writer, sim),
+        };
+        match served {
             Ok(true) if head.keep_alive => continue,
             Ok(_) => {
                 linger_close(&mut reader, &writer);
