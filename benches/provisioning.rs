@@ -13,6 +13,8 @@
 //! scripts/cluster).
 
 mod common;
+#[path = "../crates/one-sim/tests/it/exe.rs"]
+mod exe;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -32,7 +34,6 @@ use slurm_one::one::client::Client;
 use slurm_one::provision::{JobRequest, NodeRequest, Provisioner};
 use slurm_one::render::{self, Creation, VmRequest};
 
-const ONE_SIM: &str = env!("CARGO_BIN_EXE_one-sim");
 /// Room for 256 VMs of 1 VCPU at share 0.25 and 256 MB, with margin.
 const HOSTS: &str = "16x8cpu:64G";
 /// Addresses for 256 VMs (the default /24 has 253).
@@ -175,7 +176,7 @@ struct OneSim {
 impl OneSim {
     fn start(dir: &Path, auth: &Path, boot_delay: &str) -> OneSim {
         let log = std::fs::File::create(dir.join("one-sim.log")).expect("one-sim log");
-        let mut child = Command::new(ONE_SIM)
+        let mut child = Command::new(exe::one_sim_exe())
             .args(["--listen", "127.0.0.1:0", "--driver", "dummy"])
             .args(["--boot-delay", boot_delay, "--hosts", HOSTS])
             .args(["--network", NETWORK])

@@ -175,6 +175,15 @@ pub fn check(cfg: &Config) -> Vec<Check> {
             });
         }
     }
+    // Opening would create the file, owned by whoever runs the check (root): the hooks,
+    // running as SlurmUser, could then not write it.
+    if !cfg.cluster.database.exists() {
+        checks.push(Check {
+            what: format!("mapping table {}", cfg.cluster.database.display()),
+            result: Ok("not created yet (the first hook creates it)".into()),
+        });
+        return checks;
+    }
     checks.push(Check {
         what: format!("mapping table {}", cfg.cluster.database.display()),
         result: open_db(cfg)

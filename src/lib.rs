@@ -1,12 +1,10 @@
 //! slurm-one: per-job OpenNebula virtual machines for SLURM.
 //!
 //! Layout:
-//! - [`one`]: the OpenNebula protocol pieces shared by the client and the simulator
-//!   (XML-RPC codec, template grammar, VM state numbers).
+//! - [`one`]: the OpenNebula client, and the protocol pieces (XML-RPC codec, template
+//!   grammar, VM state numbers) it shares with `one-sim` through the `one-proto` crate.
 //! - [`config`]: the admin's TOML file, validated once into a typed `Config`.
 //! - [`mapping`]: the job↔node↔VM table in SQLite.
-//! - [`sim`]: `one-sim`, an OpenNebula front end of our own (XML-RPC server, VM lifecycle,
-//!   placement, the `dummy` and `ns` drivers, fault injection).
 //!
 //! Only [`config`] and [`options`] are built without the default `engine` feature: that is
 //! all the SPANK plugin, loaded by every `sbatch`, links.
@@ -14,6 +12,8 @@
 
 #[cfg(feature = "engine")]
 pub mod admin;
+#[cfg(feature = "engine")]
+pub mod check;
 #[cfg(feature = "engine")]
 pub mod cli;
 pub mod config;
@@ -32,7 +32,5 @@ pub mod options;
 pub mod provision;
 #[cfg(feature = "engine")]
 pub mod render;
-#[cfg(feature = "engine")]
-pub mod sim;
 #[cfg(feature = "engine")]
 pub mod slurm;

@@ -4,9 +4,7 @@
 
 use crate::config::Config;
 
-/// Where one-context keeps the VM's CONTEXT inside the guest (`KEY='value'` lines), on real
-/// OpenNebula VMs and in one-sim's `ns` VMs alike; the SPANK plugin reads the job id there.
-pub const CONTEXT_FILE: &str = "/run/one-context/context.sh";
+pub use one_proto::CONTEXT_FILE;
 
 /// Name of the job-control variable carrying `--one-template` (seen as `SPANK_<name>` by
 /// PrologSlurmctld).

@@ -98,6 +98,12 @@ pub fn series() -> Result<Series, SlurmError> {
     Series::from_version_output(&run(&["scontrol", "--version"], COMMAND_TIMEOUT)?)
 }
 
+/// `scontrol show config`: the settings the running slurmctld uses (fails when none
+/// answers). Read by `slurm-one check` (`check::SlurmSettings::from_show_config`).
+pub fn show_config() -> Result<String, SlurmError> {
+    run(&["scontrol", "show", "config"], COMMAND_TIMEOUT)
+}
+
 /// Runs `argv` with a timeout; returns stdout.
 pub fn run(argv: &[&str], timeout: Duration) -> Result<String, SlurmError> {
     let line = argv.join(" ");

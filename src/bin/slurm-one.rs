@@ -2,108 +2,13 @@
 //! provisioning, a failed check), 2 usage or configuration error.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
 use slurm_one::admin;
-use slurm_one::config::{parse_duration, Config};
+use slurm_one::cli::{Cli, Cmd};
+use slurm_one::config::Config;
 use slurm_one::provision::{JobRequest, NodeRequest, Provisioner};
 use slurm_one::slurm::{NoSlurm, SlurmCli};
-
-/// Per-job OpenNebula VMs for SLURM: inspect and operate the job↔VM mapping.
-#[derive(Parser, Debug)]
-#[command(name = "slurm-one", version)]
-struct Cli {
-    /// Configuration file [default: $SLURM_ONE_CONFIG, else /etc/slurm-one/slurm-one.toml].
-    #[arg(long, global = true, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Log debug messages to stderr too.
-    #[arg(long, global = true)]
-    debug: bool,
-    /// Log every XML-RPC request and answer (session redacted); implies --debug.
-    #[arg(long, global = true)]
-    trace_api: bool,
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Show the job↔node↔VM table with OpenNebula's state of each VM.
-    Status {
-        /// Only this job.
-        #[arg(long)]
-        job: Option<u32>,
-    },
-    /// Check config, credentials, OpenNebula reachability, templates and the table.
-    Check,
-    /// Create and boot a job's VMs by hand (what PrologSlurmctld does).
-    Provision {
-        /// SLURM job id.
-        #[arg(long)]
-        job: u32,
-        /// Node list, e.g. vm[1-3].
-        #[arg(long)]
-        nodes: String,
-        /// CPUs per node (VCPU).
-        #[arg(long, default_value_t = 1)]
-        cpus: u32,
-        /// Memory per node, MiB (default: the sizing policy's).
-        #[arg(long)]
-        mem: Option<u64>,
-        /// CPU share per VCPU, 0 < F <= 1.
-        #[arg(long)]
-        cpu_share: Option<f64>,
-        /// Template name from the config.
-        #[arg(long)]
-        template: Option<String>,
-    },
-    /// Terminate a job's VMs and clear its rows (what EpilogSlurmctld does). Idempotent.
-    Teardown {
-        /// SLURM job id.
-        #[arg(long)]
-        job: u32,
-    },
-    /// Live-migrate a running job's VMs (to HOST, or each to another host with room).
-    Migrate {
-        /// SLURM job id.
-        #[arg(long)]
-        job: u32,
-        /// Target host name (see one.hostpool.info).
-        #[arg(long)]
-        to: Option<String>,
-    },
-    /// Change the CPU share of a running job's VMs (CPU = VCPU × share).
-    Resize {
-        /// SLURM job id.
-        #[arg(long)]
-        job: u32,
-        /// New share, within sizing.cpu_share_min/max.
-        #[arg(long)]
-        cpu_share: f64,
-    },
-    /// Find and fix orphan VMs, stale rows and lost rows. With --watch it also follows
-    /// SLURM's suspensions every second (scontrol suspend/resume JOB suspend/resume the VMs).
-    Reconcile {
-        /// Only report.
-        #[arg(long)]
-        dry_run: bool,
-        /// Leave VMs younger than this alone [default: provisioning.orphan_grace].
-        #[arg(long, value_parser = parse_duration)]
-        grace: Option<std::time::Duration>,
-        /// Do not ask SLURM (squeue, scontrol) anything; trust the table for live jobs.
-        #[arg(long)]
-        no_slurm: bool,
-        /// Keep running: one pass every --interval until SIGTERM (the systemd service).
-        #[arg(long)]
-        watch: bool,
-        /// Time between passes with --watch.
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
-        interval: std::time::Duration,
-    },
-}
 
 /// A failure and its exit code.
 struct Failure(u8, String);
@@ -128,6 +33,23 @@ fn fail<E: std::fmt::Display>(code: u8) -> impl Fn(E) -> Failure {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     let path = cli.config.clone().unwrap_or_else(Config::default_path);
+    if let Cmd::Check = cli.command {
+        // Reports a config that does not load as one finding among the others.
+        let findings = slurm_one::check::run(&path);
+        for f in &findings {
+            println!("{f}");
+        }
+        // A config that does not load is still a configuration error (exit 2).
+        Config::load(&path).map_err(fail(2))?;
+        let missing = findings
+            .iter()
+            .filter(|f| f.level == slurm_one::check::Level::Missing)
+            .count();
+        return match missing {
+            0 => Ok(()),
+            n => Err(Failure(1, format!("{n} checks failed"))),
+        };
+    }
     let cfg = Config::load(&path).map_err(fail(2))?;
     let level = if cli.debug || cli.trace_api {
         slurm_one::config::LogLevel::Debug
@@ -141,24 +63,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
         cfg.logging.file.as_deref(),
         true,
     );
-
-    if let Cmd::Check = cli.command {
-        let mut ok = true;
-        for c in admin::check(&cfg) {
-            match c.result {
-                Ok(detail) => println!("ok    {}: {detail}", c.what),
-                Err(e) => {
-                    ok = false;
-                    println!("FAIL  {}: {e}", c.what);
-                }
-            }
-        }
-        return if ok {
-            Ok(())
-        } else {
-            Err(Failure(1, "some checks failed".into()))
-        };
-    }
 
     let client = admin::client(&cfg, cli.trace_api).map_err(fail(2))?;
     if let Cmd::Reconcile {

@@ -382,7 +382,7 @@ def test_allocate_parse_error_is_internal_error(one, text):
 
 
 def test_comment_after_a_value_is_accepted_when_a_newline_follows(one):
-    # API.md §9 calls `X = 1 # c` a syntax error. The template module (src/one/template.rs)
+    # API.md §9 calls `X = 1 # c` a syntax error. The template module (crates/one-proto/src/template.rs)
     # was checked against oned's real lexer and parser (template_parser.l/template_syntax.y,
     # built as an oracle): a comment after a value is skipped when a newline follows it;
     # only a comment that ends the input without a newline fails (see the test above).

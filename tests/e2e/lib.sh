@@ -256,15 +256,17 @@ no_live_vms() { [ -z "$(live_vms "$1")" ]; }
 # --- invariant -----------------------------------------------------------------------
 
 # assert_clean [SECS]: within SECS (default 60): no VM tagged with this cluster outside DONE
-# in one-sim, no row in `slurm-one status`, every node `idle~`. Prints why not and returns 1.
+# in one-sim, no row in `slurm-one status`, every node `idle~`; with qemu VMs also no qemu
+# process, VM directory or port on the bridge left. Prints why not and returns 1.
 assert_clean() {
-    local secs=${1:-60} end vms rows bad
+    local secs=${1:-60} end vms rows bad left=""
     end=$((SECONDS + secs))
     while :; do
         vms=$(live_vms 2>&1) || vms="cannot list VMs: $vms"
         rows=$(table_rows 2>/dev/null) || rows="slurm-one status failed: $(slurm-one status 2>&1 | tail -1)"
         bad=$(node_states 2>&1 | awk '$2 != "idle~"') || true
-        [ -z "$vms$rows$bad" ] && return 0
+        [ "$(vm_driver)" = qemu ] && left=$(qemu_leftovers)
+        [ -z "$vms$rows$bad$left" ] && return 0
         [ $SECONDS -lt $end ] || break
         sleep 1
     done
@@ -272,11 +274,41 @@ assert_clean() {
     [ -n "$vms" ] && why+=("VMs not DONE: $(tr '\n' ';' <<<"$vms")")
     [ -n "$rows" ] && why+=("table rows: $(tr -s ' \n' ' ;' <<<"$rows")")
     [ -n "$bad" ] && why+=("nodes not idle~: $(tr '\n' ';' <<<"$bad")")
+    [ -n "$left" ] && why+=("qemu leftovers: $left")
     echo "not clean after ${secs}s: ${why[*]}"
     return 1
 }
 
 # --- VMs seen from the host -----------------------------------------------------------
+
+# vm_driver: ns or qemu, as `scripts/cluster up --vm` recorded it.
+vm_driver() { cat "$E2E_DEV/etc/vm-driver" 2>/dev/null || echo ns; }
+
+# qemu_vm_dir VMID: the qemu driver's directory of one-sim's VM VMID.
+qemu_vm_dir() { echo "$E2E_DEV/state/one-sim/qemu/vm-$1"; }
+
+# qemu_pid VMID: the pid of the VM's running qemu (its current instance).
+qemu_pid() {
+    local d slot pid
+    d=$(qemu_vm_dir "$1")
+    slot=$(cat "$d/slot" 2>/dev/null) || return 1
+    pid=$(cat "$d/qemu-$slot.pid" 2>/dev/null) || return 1
+    kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+# qemu_leftovers: qemu processes of this cluster, VM directories and bridge ports, when no VM
+# is live (what the qemu driver must have removed).
+qemu_leftovers() {
+    local procs dirs ports
+    procs=$(pgrep -f "qemu-system-x86_64 .*$E2E_DEV/state/" | tr '\n' ' ')
+    dirs=$(find "$E2E_DEV/state/one-sim/qemu" -mindepth 1 -maxdepth 1 -name 'vm-*' 2>/dev/null | tr '\n' ' ')
+    ports=$(ip -br link show master "${SLURM_ONE_BRIDGE:-onebr0}" 2>/dev/null | awk '{print $1}' | tr '\n' ' ')
+    echo "${procs:+processes $procs}${dirs:+dirs $dirs}${ports:+bridge ports $ports}"
+}
+
+# job_report JOB: what a job running in real guests handed back in its Comment (they share no
+# file system with this host), one line per `;`-separated part.
+job_report() { squeue -h --states=all -j "$1" -O Comment:4000 | tr ';' '\n' | sed 's/\s*$//; /^$/d'; }
 
 # vm_netns VMID IP: the netns of one-sim's VM VMID (name ends in -VMID, holds IP).
 vm_netns() {
