@@ -123,15 +123,15 @@ def main():
         munge.stop_ours()
     rows = []
     if boots:
-        rows.append(cl.row("7a", "7a. qemu VM: qemu start → slurmd registered, job RUNNING (median)",
+        rows.append(cl.row("7a", "7. qemu VM: qemu start → slurmd registered, job RUNNING (median)",
                            statistics.median(boots), None, "s",
                            params={**params, "samples_s": [round(b, 1) for b in boots]}))
     if rss:
-        rows.append(cl.row("7b", "7b. qemu VM: host memory per VM (qemu RSS, 512 MiB guest)",
+        rows.append(cl.row("7b", "7. qemu VM: host memory per VM (qemu RSS, 512 MiB guest)",
                            statistics.median(rss), None, "MiB",
                            params={**params, "samples_mib": [round(x) for x in rss]}))
     if migration:
-        rows.append(cl.row("7c", "7c. qemu VM: live-migration downtime under a running job",
+        rows.append(cl.row("7c", "7. qemu VM: live-migration downtime under a running job",
                            migration[0], None, "ms",
                            params={**params, "wall_ms": round(migration[1])}))
     with open(a.out, "w") as f:
