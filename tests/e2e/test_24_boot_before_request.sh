@@ -21,7 +21,17 @@ trap 'config_restore; cancel_my_jobs' EXIT
 # system, the line mounts the context and chroots first.)
 line='^(?:sleep [0-9.]+; )?((?:mount .* && )?)(exec (?:/usr/sbin/chroot \S+ )?/usr/sbin/slurmd -N \{node\}) -b '
 if [ "$(slurm_series)" = 22.05 ]; then
-    config_sub "$line" 'sleep 3; \1\2 '
+    # 22.05's slurmd has no SLURMD_BOOT_TIME and reports sysinfo's uptime, which a time
+    # namespace offsets: the first guest's slurmd runs in one whose boot time is 5 s earlier
+    # than the VM's (offsets count from the host's clock, hence the VM's own added), so its
+    # boot certainly precedes the request (rounding alone put it there only most of the
+    # time); the rebooted guest's slurmd runs without.
+    first=$E2E_TMP/first-boot.$$
+    repl=$(cat <<'EOF'
+sleep 3; x=; if mkdir FIRST 2>/dev/null; then x="unshare --fork --time --boottime $(( $(awk '$1 == "boottime" {print $2}' /proc/self/timens_offsets) + 5 ))"; fi; exec $x /usr/sbin/slurmd -N {node}
+EOF
+    )
+    config_sub "$line" "${repl/FIRST/$first} "
 else
     config_sub "$line" 'sleep 3; \1SLURMD_BOOT_TIME=$(( $(date +%s) - $(cut -d. -f1 /proc/uptime) - 2 )) \2 -b '
 fi || fail "cannot change provisioning.start_script"

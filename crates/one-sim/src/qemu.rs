@@ -11,9 +11,8 @@
 //!   outlive one-sim and a new one-sim with the same run_dir adopts them;
 //! - `console.log`, the guest's serial console (both instances append to it), moved to
 //!   `run_dir/logs/vm-<id>.console.log` when the VM is destroyed;
-//! - `memory.state` while suspended: OpenNebula's suspend saves the guest's memory and
-//!   stops it (`virsh save`); here QMP `migrate` to a file, and resume starts a new qemu
-//!   with `-incoming` from that file;
+//! - suspend pauses the guest (QMP `stop`/`cont`) rather than saving its memory as
+//!   OpenNebula does ([`QemuDriver::suspend`] says why);
 //! - a cgroup `one-sim-<tag>-qemu/vm-<id>` of the `cpu` controller holding the qemu
 //!   process: CPU (the share of physical CPUs) becomes its quota (`cpu.max` on cgroup v2,
 //!   `cpu.cfs_quota_us` on v1), also when the VM is resized while running.
@@ -47,7 +46,7 @@ const CMD_TIMEOUT: Duration = Duration::from_secs(30);
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// One QMP exchange.
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Saving or restoring a guest's memory, or a live migration, end to end.
+/// A live migration, end to end.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(600);
 /// A qemu told to quit (or sent SIGTERM) before it gets SIGKILL.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -729,55 +728,33 @@ impl QemuDriver {
         self.qmp(id, 'a')?.wait_running(QMP_TIMEOUT)
     }
 
-    /// Saves the guest's memory to `memory.state` and ends its qemu (OpenNebula's suspend).
+    /// Pauses the guest (QMP `stop`): its memory stays in the qemu process and its NIC on
+    /// the bridge.
+    ///
+    /// Not OpenNebula's suspend, which saves the memory to a file and ends the guest: SLURM
+    /// sends its resume request to the node's slurmd once, without retry (22.05
+    /// src/slurmctld/job_mgr.c, `_suspend_job`: `retry = 0`), before slurm-one's follower can
+    /// resume the VM; to a saved guest nothing answers, the request is lost, and the job's
+    /// tasks stay stopped for good (slurmstepd refuses any later signal but SIGKILL to a step
+    /// it holds suspended, src/slurmd/slurmstepd/req.c). A paused guest keeps its tap and
+    /// sockets: the request waits in TCP's retransmissions until the follower resumes it, as
+    /// with the `ns` driver's frozen namespaces.
     pub fn suspend(&self, vm_id: u32) -> Result<(), String> {
         let slot = self.current_slot(vm_id);
-        let state = self.vm_dir(vm_id).join("memory.state");
         if self.instance_pid(vm_id, slot).is_none() {
-            return if state.is_file() {
-                Ok(()) // already saved
-            } else {
-                Err(format!("VM {vm_id}: no qemu to suspend"))
-            };
+            return Err(format!("VM {vm_id}: no qemu to suspend"));
         }
-        let t0 = Instant::now();
-        let mut qmp = self.qmp(vm_id, slot)?;
-        qmp.execute("stop", None)?;
-        let tmp = self.vm_dir(vm_id).join("memory.state.tmp");
-        // qemu runs the exec: target with /bin/sh; the path is ours (no user text).
-        let uri = format!("exec:cat > '{}'", tmp.display());
-        qmp.execute("migrate", Some(json!({ "uri": uri })))?;
-        qmp.wait_migration(MIGRATION_TIMEOUT)?;
-        fs::rename(&tmp, &state).map_err(|e| format!("{}: {e}", state.display()))?;
-        drop(qmp);
-        self.stop_instance(vm_id, slot, true);
-        log::info!(
-            "VM {vm_id}: memory saved ({} MiB) and qemu stopped in {} ms",
-            fs::metadata(&state).map(|m| m.len() >> 20).unwrap_or(0),
-            t0.elapsed().as_millis()
-        );
-        Ok(())
+        self.qmp(vm_id, slot)?.execute("stop", None).map(|_| ())
     }
 
-    /// Starts a qemu that loads `memory.state` and runs the guest on.
+    /// Runs the paused guest on (QMP `cont`).
     pub fn resume(&self, spec: &BootSpec) -> Result<(), String> {
         let id = spec.vm_id;
         let slot = self.current_slot(id);
-        let state = self.vm_dir(id).join("memory.state");
-        if self.instance_pid(id, slot).is_some() {
-            let mut q = self.qmp(id, slot)?;
-            return q.wait_running(MIGRATION_TIMEOUT);
+        if self.instance_pid(id, slot).is_none() {
+            return Err(format!("VM {id}: no qemu to resume"));
         }
-        if !state.is_file() {
-            return Err(format!("VM {id}: no saved memory to resume from"));
-        }
-        let t0 = Instant::now();
-        let uri = format!("exec:cat '{}'", state.display());
-        self.start_instance(spec, slot, Some(&uri))?;
-        self.qmp(id, slot)?.wait_running(MIGRATION_TIMEOUT)?;
-        let _ = fs::remove_file(&state);
-        log::info!("VM {id}: restored in {} ms", t0.elapsed().as_millis());
-        Ok(())
+        self.qmp(id, slot)?.wait_running(QMP_TIMEOUT)
     }
 
     /// QEMU's live migration to a second instance; the guest never stops for longer than
