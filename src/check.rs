@@ -165,20 +165,7 @@ impl SlurmSettings {
     /// the last component allowed).
     pub fn from_slurm_conf(path: &Path) -> Result<Self, String> {
         let mut values = BTreeMap::new();
-        let mut pending = vec![path.to_path_buf()];
-        let mut read = 0;
-        while let Some(file) = pending.pop() {
-            read += 1;
-            if read > 64 {
-                return Err(format!("{}: more than 64 included files", path.display()));
-            }
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let dir = file.parent().unwrap_or(Path::new("/"));
-            for include in Self::parse_conf(&text, &mut values) {
-                pending.extend(expand_glob(&dir.join(include)));
-            }
-        }
+        read_with_includes(path, |_, text| Self::parse_conf(text, &mut values))?;
         Ok(SlurmSettings {
             source: path.display().to_string(),
             file: Some(path.to_path_buf()),
@@ -471,6 +458,21 @@ fn parse_plugstack(file: &Path, text: &str) -> (Vec<PlugstackLine>, Vec<String>)
 /// directory).
 pub fn read_plugstack(path: &Path) -> Result<Vec<PlugstackLine>, String> {
     let mut out = Vec::new();
+    read_with_includes(path, |file, text| {
+        let (lines, includes) = parse_plugstack(file, text);
+        out.extend(lines);
+        includes
+    })?;
+    Ok(out)
+}
+
+/// Reads `path` and the files it includes: `each` gets every file's path and text and
+/// returns its include patterns (relative to the file's directory, or absolute; a `*` in
+/// the last component allowed). At most 64 files, so an include loop ends.
+fn read_with_includes(
+    path: &Path,
+    mut each: impl FnMut(&Path, &str) -> Vec<String>,
+) -> Result<(), String> {
     let mut pending = vec![path.to_path_buf()];
     let mut read = 0;
     while let Some(file) = pending.pop() {
@@ -480,14 +482,12 @@ pub fn read_plugstack(path: &Path) -> Result<Vec<PlugstackLine>, String> {
         }
         let text = std::fs::read_to_string(&file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        let (lines, includes) = parse_plugstack(&file, &text);
-        out.extend(lines);
         let dir = file.parent().unwrap_or(Path::new("/"));
-        for include in includes {
+        for include in each(&file, &text) {
             pending.extend(expand_glob(&dir.join(include)));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The plugin file a plugstack.conf line names: as written when absolute, else the first

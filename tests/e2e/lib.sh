@@ -160,6 +160,30 @@ wait_running() {
     log "job $1 RUNNING after $((SECONDS - t0))s on $(job_nodes "$1")"
 }
 
+# job_left_running JOB SECS WHY: waits up to SECS for JOB to leave RUNNING (a requeued job
+# completes its steps first, so COMPLETING is waited past too) and prints the state it went
+# to; fails the case with WHY and that state if it did not.
+job_left_running() {
+    local end=$((SECONDS + $2)) s
+    while [ $SECONDS -lt $end ]; do
+        s=$(job_state "$1")
+        case $s in RUNNING | COMPLETING) ;; *) echo "$s"; return 0 ;; esac
+        sleep 1
+    done
+    fail "$3: job $1 still $s after $2 s"
+}
+
+# expect_failed_or_requeued JOB STATE WHAT: a job whose node died must fail or be requeued
+# (then with Restarts >= 1); anything else fails the case.
+expect_failed_or_requeued() {
+    case $2 in
+    PENDING | REQUEUED | REQUEUE_FED | REQUEUE_HOLD)
+        [ "$(job_field "$1" Restarts)" -ge 1 ] || fail "job $1 $2 but Restarts=0" ;;
+    FAILED | NODE_FAIL | BOOT_FAIL) ;;
+    *) fail "job $1 went $2 after $3: $(job_summary "$1")" ;;
+    esac
+}
+
 # wait_ended JOB SECS: waits until JOB reached a final state (prints it), else fails.
 wait_ended() {
     local t0=$SECONDS

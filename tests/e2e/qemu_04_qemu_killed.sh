@@ -16,20 +16,9 @@ t0=$SECONDS
 kill -9 "$pid"
 poweroff() { [ "$(vms_of "$job" | awk '{print $2}')" = 8 ]; }
 wait_until 30 poweroff || fail "VM $vm is $(vms_of "$job" | awk '{print $2 "/" $3}') 30 s after its qemu died, not POWEROFF (8)"
-noticed=""
-while [ $SECONDS -lt $((t0 + 120)) ]; do
-    s=$(job_state "$job")
-    case $s in RUNNING | COMPLETING) ;; *) noticed=$s; break ;; esac
-    sleep 1
-done
-[ -n "$noticed" ] || fail "SLURM did not notice VM $vm died within 120 s: job still $s"
+noticed=$(job_left_running "$job" 120 "SLURM did not notice VM $vm died") || exit 1
 log "job $job left RUNNING $((SECONDS - t0))s after the kill: $(job_summary "$job")"
-case $noticed in
-PENDING | REQUEUED | REQUEUE_FED | REQUEUE_HOLD)
-    [ "$(job_field "$job" Restarts)" -ge 1 ] || fail "job $job $noticed but Restarts=0" ;;
-FAILED | NODE_FAIL | BOOT_FAIL) ;;
-*) fail "job $job went $noticed after its qemu died: $(job_summary "$job")" ;;
-esac
+expect_failed_or_requeued "$job" "$noticed" "its qemu died"
 scancel "$job" 2>/dev/null
 wait_until 60 no_live_vms "$job" || fail "VMs of job $job still not DONE: $(vms_of "$job")"
 wait_until 30 no_rows "$job" || fail "rows of job $job left: $(table_rows "$job")"

@@ -42,12 +42,7 @@ requeue=$(log_since "$E2E_CTLD_LOG" "$ctld_mark" | grep -m1 -E "JobId=$job( |$)"
 log "node reason: ${why:-none}; slurmctld: ${requeue:-nothing about job $job}"
 [ -n "$why" ] || fail "job $job went $noticed but slurmctld recorded no reason for $node"
 [[ $why == *"job $job ended"* ]] && fail "the first reason for $node is the epilog's ('$why'), not why the job ended"
-case $noticed in
-PENDING | REQUEUED | REQUEUE_FED | REQUEUE_HOLD)
-    [ "$(job_field "$job" Restarts)" -ge 1 ] || fail "job $job $noticed but Restarts=0" ;;
-FAILED | NODE_FAIL | BOOT_FAIL) ;;
-*) fail "job $job went $noticed after its VM died: $(job_summary "$job")" ;;
-esac
+expect_failed_or_requeued "$job" "$noticed" "its VM died"
 scancel "$job" 2>/dev/null
 wait_until 60 no_live_vms "$job" || fail "VMs of job $job still not DONE: $(vms_of "$job")"
 wait_until 30 no_rows "$job" || fail "rows of job $job left: $(table_rows "$job")"

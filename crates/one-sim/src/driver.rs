@@ -244,11 +244,6 @@ impl QemuVmDriver {
     pub fn new(qemu: QemuDriver) -> Self {
         QemuVmDriver { qemu }
     }
-
-    /// The underlying qemu driver.
-    pub fn qemu(&self) -> &QemuDriver {
-        &self.qemu
-    }
 }
 
 impl Driver for QemuVmDriver {

@@ -71,11 +71,7 @@ pub(super) fn exchange(
     writer: &mut TcpStream,
     sim: &Arc<Sim>,
 ) -> io::Result<bool> {
-    let path = head
-        .path
-        .split_once('?')
-        .map_or(head.path.as_str(), |(p, _)| p);
-    if path != "/vm" || head.method != "PUT" {
+    if head.route() != "/vm" || head.method != "PUT" {
         let a = answer("404 Not Found", "<h1>Not Found</h1>");
         write_http(writer, a.status, a.body.as_bytes(), TEXT, false)?;
         return Ok(false);

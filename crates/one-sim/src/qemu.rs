@@ -206,21 +206,6 @@ impl CpuCgroup {
         fs::write(&path, &text).map_err(|e| format!("{}: {text}: {e}", path.display()))
     }
 
-    /// The quota in force, as CPUs (for checks).
-    pub fn share(&self, vm_id: u32) -> Option<f64> {
-        let dir = self.vm_dir(vm_id);
-        let (quota, period): (f64, f64) = if self.v2 {
-            let text = fs::read_to_string(dir.join("cpu.max")).ok()?;
-            let mut it = text.split_whitespace();
-            (it.next()?.parse::<f64>().ok()?, it.next()?.parse().ok()?)
-        } else {
-            let q = fs::read_to_string(dir.join("cpu.cfs_quota_us")).ok()?;
-            let p = fs::read_to_string(dir.join("cpu.cfs_period_us")).ok()?;
-            (q.trim().parse().ok()?, p.trim().parse().ok()?)
-        };
-        Some(quota / period)
-    }
-
     /// Removes the VM's cgroup once it is empty: a killed qemu leaves it only when its
     /// parent (init, as qemu daemonized) has reaped it.
     fn remove(&self, vm_id: u32) -> Result<(), String> {
@@ -813,11 +798,6 @@ impl QemuDriver {
     /// would need hotplug slots; they take effect at the VM's next boot.
     pub fn resize(&self, spec: &BootSpec) -> Result<(), String> {
         self.cgroup.set_share(spec.vm_id, spec.cpu)
-    }
-
-    /// The CPU share the VM's cgroup enforces now.
-    pub fn cpu_share(&self, vm_id: u32) -> Option<f64> {
-        self.cgroup.share(vm_id)
     }
 
     /// A guest restart in place (QMP `system_reset`): same disk and NIC, a new boot.

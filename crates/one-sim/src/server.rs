@@ -125,6 +125,15 @@ pub(super) struct Head {
     pub(super) onegate_vmid: Option<String>,
 }
 
+impl Head {
+    /// The path without its query string (Abyss and Sinatra both route on that).
+    pub(super) fn route(&self) -> &str {
+        self.path
+            .split_once('?')
+            .map_or(self.path.as_str(), |(p, _)| p)
+    }
+}
+
 fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
     let mut lines = Vec::new();
     let mut total = 0;
@@ -288,12 +297,7 @@ fn exchange(
     writer: &mut TcpStream,
     sim: &Arc<Sim>,
 ) -> io::Result<bool> {
-    // Abyss matches the path without the query string.
-    let path = head
-        .path
-        .split_once('?')
-        .map_or(head.path.as_str(), |(p, _)| p);
-    if path != "/RPC2" {
+    if head.route() != "/RPC2" {
         write_http(writer, "404 Not Found", b"", "text/plain", false)?;
         return Ok(false);
     }
