@@ -108,16 +108,36 @@ pub struct SlurmSettings {
 impl SlurmSettings {
     /// Parses `scontrol show config`: `Key = Value` lines (the header line, the trailing
     /// "Slurmctld(primary) at ... is UP" and the plugin sections' titles have no ` = `).
+    /// Since 24.05 a setting that may be given several times prints one `Key[i] = Value`
+    /// line each (PrologSlurmctld, EpilogSlurmctld, Prolog, Epilog; 24.11
+    /// src/api/config_info.c): they are joined under `Key`, comma-separated, as 22.05
+    /// prints a list.
     pub fn from_show_config(text: &str) -> Self {
-        let mut values = BTreeMap::new();
+        let mut values: BTreeMap<String, String> = BTreeMap::new();
         for line in text.lines() {
             if let Some((key, value)) = line.split_once(" = ") {
                 let key = key.trim();
-                if !key.is_empty() && !key.contains(' ') {
-                    values
-                        .entry(key.to_ascii_lowercase())
-                        .or_insert_with(|| value.trim().to_string());
+                if key.is_empty() || key.contains(' ') {
+                    continue;
                 }
+                let value = value.trim();
+                let indexed = key
+                    .strip_suffix(']')
+                    .and_then(|k| k.split_once('['))
+                    .filter(|(_, i)| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+                    .map(|(base, _)| base);
+                match indexed {
+                    Some(base) => values
+                        .entry(base.to_ascii_lowercase())
+                        .and_modify(|v| {
+                            v.push(',');
+                            v.push_str(value);
+                        })
+                        .or_insert_with(|| value.to_string()),
+                    None => values
+                        .entry(key.to_ascii_lowercase())
+                        .or_insert_with(|| value.to_string()),
+                };
             }
         }
         SlurmSettings {
@@ -550,7 +570,7 @@ pub fn plugstack_findings(
             "the plugin is optional: a failure to load it goes unnoticed and the VM identity \
              check is skipped; make it required",
         )
-    } else if named != config_path {
+    } else if !same_file(&named, config_path) {
         Finding::new(
             Level::Warn,
             at.clone(),
@@ -867,6 +887,16 @@ pub fn run(config_path: &Path) -> Vec<Finding> {
     out
 }
 
+/// Whether two paths name one file: equal, or equal once symlinks are resolved (a site may
+/// link /etc/slurm-one/slurm-one.toml to a shared copy).
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -945,6 +975,34 @@ EpilogSlurmctld         = /usr/local/sbin/site-epilog
         assert_eq!(s.get("AccountingStorageBackupHost"), None);
         assert_eq!(s.get("PMIxCliTmpDirBase"), None);
         assert_eq!(s.slurm_user(), ("slurm".to_string(), Some(64030)));
+    }
+
+    #[test]
+    fn indexed_show_config_keys_of_24_05_and_later_are_one_list() {
+        // 24.11's scontrol prints `PrologSlurmctld[0] = ...` (one line per script).
+        let text = SHOW_CONFIG
+            .replace("PrologSlurmctld         =", "PrologSlurmctld[0]      =")
+            .replace(
+                "EpilogSlurmctld         = /usr/libexec/slurm-one/slurm-one-epilog",
+                "EpilogSlurmctld[0]      = /opt/site/epilog\nEpilogSlurmctld[1]      = \
+                 /usr/libexec/slurm-one/slurm-one-epilog",
+            );
+        assert!(text.contains("EpilogSlurmctld[1]"), "the fixture changed");
+        let s = SlurmSettings::from_show_config(&text);
+        assert_eq!(
+            s.get("PrologSlurmctld"),
+            Some("/usr/libexec/slurm-one/slurm-one-prolog")
+        );
+        assert_eq!(
+            s.get("EpilogSlurmctld"),
+            Some("/opt/site/epilog,/usr/libexec/slurm-one/slurm-one-epilog")
+        );
+        let f = slurm_conf_findings(&s, Some(&config()), Some(Series::new(24, 11)), &|_| true);
+        assert_eq!(problems(&f), vec![], "{f:#?}");
+        // Not an index: kept as the key it is.
+        let s = SlurmSettings::from_show_config("Odd[x] = 1\nEmpty[] = 2\n");
+        assert_eq!(s.get("Odd[x]"), Some("1"));
+        assert_eq!(s.get("Empty[]"), Some("2"));
     }
 
     #[test]
@@ -1119,6 +1177,26 @@ EpilogSlurmctld         = /usr/local/sbin/site-epilog
         let (f, _) = plugstack_findings(top, &lines, cfg, &[], &|_| true);
         assert_eq!(f[0].level, Level::Warn);
         assert!(f[0].detail.contains("reads /srv/one.toml"), "{}", f[0]);
+    }
+
+    #[test]
+    fn plugstack_config_through_a_symlink_is_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("cluster.toml");
+        std::fs::write(&real, "").unwrap();
+        let link = dir.path().join("slurm-one.toml");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let top = Path::new("/etc/slurm/plugstack.conf");
+        let text = format!("required libslurm_one_spank.so config={}\n", link.display());
+        let (lines, _) = parse_plugstack(top, &text);
+        let dirs = [PathBuf::from("/plugins")];
+        let (f, _) = plugstack_findings(top, &lines, &real, &dirs, &|_| true);
+        assert_eq!(problems(&f), vec![], "{f:#?}");
+
+        let other = dir.path().join("other.toml");
+        std::fs::write(&other, "").unwrap();
+        let (f, _) = plugstack_findings(top, &lines, &other, &dirs, &|_| true);
+        assert_eq!(f[0].level, Level::Warn, "{f:#?}");
     }
 
     /// A minimal ELF64 file: section 0 (null), .dynsym, .dynstr, .data holding

@@ -136,6 +136,9 @@ class Cluster:
             "SLURM_ONE_SIM_PORT": str(sim_port), "SLURM_ONE_CTLD_PORT": str(ctld_port),
             "SLURM_ONE_SLURMD_PORT": str(slurmd_port), "SLURM_ONE_BOOT_DELAY": f"{BOOT:g}s",
             "SLURM_ONE_MODE": mode,
+            # Two clusters run at once (candidate and baseline): a packaged install has one
+            # /etc/slurm-one per system, so each gets the programs copied to its own dir.
+            "SLURM_ONE_INSTALL": "build",
             "SLURM_ONE_SLURM": SERIES,
             # Guests start B after creation and report that as their boot time, as real VMs
             # do; with one-sim's default (guest at once, boot time 1-2 s before creation)
@@ -143,7 +146,7 @@ class Cluster:
             "SLURM_ONE_GUEST_BOOT": f"{BOOT:g}",
         }
         self.conf = os.path.join(dev, "etc", "slurm.conf")
-        self.config = os.path.join(dev, "bin", "slurm-one.toml")
+        self.config = os.path.join(dev, "etc", "slurm-one.toml")
         self.is_up = False
         self.poller = None
 

@@ -13,7 +13,8 @@
 //! SPANK), a tracing subscriber (it logs through SPANK's own functions).
 //!
 //! `plugstack.conf`:
-//! `required /usr/lib/slurm-one/libslurm_one_spank.so config=/etc/slurm-one/slurm-one.toml`
+//! `required libslurm_one_spank.so config=/etc/slurm-one/slurm-one.toml` (the packages put the
+//! plugin in SLURM's PluginDir, where a relative name is looked up),
 //! with the arguments `config=PATH` (default `$SLURM_ONE_CONFIG`, else
 //! `/etc/slurm-one/slurm-one.toml`) and `require_vm=yes|no` (default `no`: a node without a
 //! one-context file is not a slurm-one VM and runs jobs unchecked).

@@ -14,7 +14,8 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 so=${E2E_SPANK_SO:-$root/target/release/libslurm_one_spank.so}
 slurm_root=${SLURM_ONE_SLURM_ROOT:-}
-if [[ ! -f $so ]]; then
+# In a series' root, $so is the path there (sbatch runs inside it).
+if [[ ! -f $slurm_root$so ]]; then
     (cd "$root" && cargo build --quiet -p slurm-one-spank --release) || {
         echo "cannot build $so"
         echo "0 passed, 1 failed"

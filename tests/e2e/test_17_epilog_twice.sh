@@ -34,7 +34,7 @@ hook_by_hand() {
         SLURM_JOB_UID=0 SLURM_JOB_GID=0 SLURM_JOB_NAME=wrap SLURM_JOB_PARTITION=one \
         SLURM_JOB_ACCOUNT= SLURM_JOB_EXIT_CODE=0 SLURM_JOB_EXIT_CODE2=0:0 SLURM_JOB_DERIVED_EC=0 \
         SLURM_CLUSTER_NAME=dev SLURM_SCRIPT_CONTEXT=epilog_slurmctld \
-        "$E2E_DEV/bin/$1" ${4:+"$4"} >"$out.out" 2>"$out.err"
+        "$E2E_HOOKS/$1" ${4:+"$4"} >"$out.out" 2>"$out.err"
 }
 # two_at_once PROGRAM [ARG]: two runs of PROGRAM started at the same instant; fails the case
 # unless both exit 0 without printing anything. Prints their pids.

@@ -12,7 +12,7 @@ case_begin
 
 db=$(config_value cluster database) || fail "no cluster.database in $SLURM_ONE_CONFIG"
 [ -f "$db" ] || fail "mapping database $db does not exist"
-hook_running() { pgrep -f "^$E2E_DEV/bin/slurm-one-$1" >/dev/null; }
+hook_running() { pgrep -f "^$E2E_HOOKS/slurm-one-$1" >/dev/null; }
 
 # lock_db N: holds BEGIN EXCLUSIVE on $db in the background until $E2E_TMP/release.N exists
 # (at most 30 s); writes "locked T" and "released T" (unix time) to $E2E_TMP/lock.N.

@@ -74,7 +74,7 @@ out=$(slurm-one status 2>&1) && fail "slurm-one status succeeded on a garbage ta
 grep -qF "$corrupt_msg" <<<"$out" || fail "slurm-one status does not say $db is corrupt: $out"
 log "slurm-one status: $(tail -1 <<<"$out")"
 "${E2E_IN_SLURM[@]}" env -i SLURM_JOB_ID=999999 SLURM_JOB_NODELIST=vm9 SLURM_SCRIPT_CONTEXT=epilog_slurmctld \
-    "$E2E_DEV/bin/slurm-one-epilog" >"$E2E_TMP/hook.out" 2>&1
+    "$E2E_HOOKS/slurm-one-epilog" >"$E2E_TMP/hook.out" 2>&1
 rc=$?
 [ $rc -eq 2 ] || fail "slurm-one-epilog on a garbage table exited $rc, want 2: $(cat "$E2E_TMP/hook.out")"
 grep -qF "$corrupt_msg" "$E2E_TMP/hook.out" || fail "slurm-one-epilog does not say $db is corrupt: $(cat "$E2E_TMP/hook.out")"

@@ -27,7 +27,7 @@ series=$(slurm_series)
 job=$(submit -N2 -o /dev/null --wrap "sleep 25") || fail "sbatch failed"
 both_created() { [ "$(log_since "$E2E_LOG" "$mark" | grep -cE "job $job, node vm[0-9]+: VM [0-9]+ created")" -eq 2 ]; }
 wait_until 60 both_created || fail "the prolog did not create 2 VMs within 60s: $(job_summary "$job")"
-prolog=$(pgrep -f "^$E2E_DEV/bin/slurm-one-prolog") || fail "VMs of job $job exist but no prolog runs"
+prolog=$(pgrep -f "^$E2E_HOOKS/slurm-one-prolog") || fail "VMs of job $job exist but no prolog runs"
 # shellcheck disable=SC2086
 kill -KILL $prolog
 killed_at=$SECONDS
