@@ -176,7 +176,21 @@ impl SlurmSettings {
                 Some(quoted) => quoted.split('"').next().unwrap_or(""),
                 None => value.split_whitespace().next().unwrap_or(""),
             };
-            values.insert(key, value.to_string());
+            // Since 24.05 these may be given on several lines, all of which run (24.11
+            // src/common/read_config.c, S_P_ARRAY): one list, as scontrol prints them.
+            let listed = matches!(
+                key.as_str(),
+                "prologslurmctld" | "epilogslurmctld" | "prolog" | "epilog"
+            );
+            match values.get_mut(&key) {
+                Some(v) if listed => {
+                    v.push(',');
+                    v.push_str(value);
+                }
+                _ => {
+                    values.insert(key, value.to_string());
+                }
+            }
         }
         includes
     }
@@ -1101,10 +1115,16 @@ EpilogSlurmctld         = /usr/local/sbin/site-epilog
         std::fs::create_dir(dir.path().join("cloud.d")).unwrap();
         std::fs::write(
             dir.path().join("cloud.d/one.conf"),
-            "ReturnToService=2\nSlurmctldParameters=\"idle_on_node_suspend\"\n",
+            "ReturnToService=2\nSlurmctldParameters=\"idle_on_node_suspend\"\n\
+             EpilogSlurmctld=/opt/site/epilog\nEpilogSlurmctld=/usr/libexec/slurm-one/slurm-one-epilog\n",
         )
         .unwrap();
         let s = SlurmSettings::from_slurm_conf(&conf).unwrap();
+        // Hooks given on several lines all run (24.05+).
+        assert_eq!(
+            s.get("EpilogSlurmctld"),
+            Some("/opt/site/epilog,/usr/libexec/slurm-one/slurm-one-epilog")
+        );
         assert!(s.has_item("PrologFlags", "alloc"));
         assert_eq!(s.number("ReturnToService"), Some(2));
         assert_eq!(s.get("SlurmctldParameters"), Some("idle_on_node_suspend"));
