@@ -10,9 +10,9 @@ E2E_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 eval "$("$E2E_ROOT/scripts/cluster" env)"
 E2E_DEV=${SLURM_ONE_DEV:-/run/slurm-one-dev}
 E2E_LOG=$E2E_DEV/log/slurm-one.log
-# Where the cluster's hooks are (scripts/cluster: the package's /usr/libexec/slurm-one, in
-# the series' root if any, or the copies in $E2E_DEV/bin).
-E2E_HOOKS=$(cat "$E2E_DEV/etc/hook-dir" 2>/dev/null || echo "$E2E_DEV/bin")
+# Where the cluster's hooks are (scripts/cluster env: the package's /usr/libexec/slurm-one,
+# in the series' root if any, or the copies in $E2E_DEV/bin).
+E2E_HOOKS=$SLURM_ONE_HOOK_DIR
 E2E_CTLD_LOG=$E2E_DEV/log/slurmctld.log
 # Scratch space shared with the VMs (their mount namespaces see the host's /tmp).
 E2E_TMP=${E2E_TMP:-$(mktemp -d /tmp/slurm-one-e2e.XXXXXX)}
